@@ -1,0 +1,415 @@
+"""Build the product catalogue from a Cdiscount BSON dump.
+
+One streaming pass writes, under ``out_dir``:
+
+- ``catalogue.parquet``: one row per product (id, category id and its three
+  level names, usable images, byte offset and length of the document);
+- ``rejects.csv``: every document, product or image left out, with its offset,
+  product id, reason code and detail;
+- ``catalogue.json``: what made it (source file, parameters) and the counts.
+
+The pass checkpoints every ``checkpoint_every`` documents to ``out_dir/_work``;
+a killed run called again resumes there and ends with the same catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from . import bson_store
+from .images import ImageError, check_jpeg_bytes, decode_image
+
+CATALOGUE = "catalogue.parquet"
+REJECTS = "rejects.csv"
+META = "catalogue.json"
+WORK = "_work"
+FORMAT_VERSION = 1
+LEVELS = ["category_level1", "category_level2", "category_level3"]
+REJECT_COLUMNS = ["kind", "offset", "length", "product_id", "image_index", "reason", "detail"]
+
+SCHEMA = pa.schema(
+    [
+        ("product_id", pa.int64()),
+        ("category_id", pa.int64()),  # null in test.bson, which has no labels
+        ("n_images", pa.int16()),
+        ("bad_images", pa.list_(pa.int16())),  # indices of unusable pictures, usually []
+        ("offset", pa.int64()),
+        ("length", pa.int32()),
+    ]
+)
+
+
+class CatalogueError(ValueError):
+    """A catalogue that cannot be built or used as asked (wrong file, stale artifact)."""
+
+
+# ---------------------------------------------------------------- categories
+
+
+def load_categories(path: str | os.PathLike) -> pd.DataFrame:
+    """Read ``category_names.csv``: ``category_id`` + three level names, trimmed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"category file not found: {path}")
+    df = pd.read_csv(path, dtype={"category_id": "int64"}, encoding="utf-8")
+    missing = {"category_id", *LEVELS} - set(df.columns)
+    if missing:
+        raise CatalogueError(f"{path}: missing columns {sorted(missing)}; has {list(df.columns)}")
+    for col in LEVELS:
+        df[col] = df[col].astype("string").str.strip()  # some names end with a space
+    if df["category_id"].duplicated().any():
+        dup = df.loc[df["category_id"].duplicated(), "category_id"].iloc[0]
+        raise CatalogueError(f"{path}: category_id {dup} appears twice")
+    return df[["category_id", *LEVELS]]
+
+
+# ---------------------------------------------------------------- summary
+
+
+@dataclass
+class CatalogueSummary:
+    """Counts of one build: ``documents == products_kept + products_rejected``."""
+
+    source: str
+    documents: int = 0
+    products_kept: int = 0
+    products_rejected: int = 0
+    images_in: int = 0
+    images_kept: int = 0
+    bad_images: int = 0
+    categories: int = 0
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    bytes_read: int = 0
+
+    def __str__(self) -> str:
+        lines = [
+            f"source: {self.source}",
+            f"documents read: {self.documents:,} = kept {self.products_kept:,}"
+            f" + rejected {self.products_rejected:,}",
+            f"images: {self.images_in:,} in products read, {self.images_kept:,} usable,"
+            f" {self.bad_images:,} bad pictures",
+            f"categories: {self.categories:,}",
+        ]
+        if self.rejects_by_reason:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(self.rejects_by_reason.items()))
+            lines.append(f"rejects by reason: {why}")
+        if self.seconds:
+            mb = self.bytes_read / 1e6
+            lines.append(
+                f"time: {self.seconds:.1f} s ({mb / self.seconds:,.0f} MB/s,"
+                f" {self.documents / self.seconds:,.0f} products/s)"
+            )
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the pass
+
+
+class _Part:
+    """Columns of the products and rejects gathered since the last checkpoint."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list] = {name: [] for name in SCHEMA.names}
+        self.rejects: list[tuple] = []
+        self.images_in = 0
+
+    def reject(self, kind, offset, length, pid, image_index, reason, detail) -> None:
+        self.rejects.append((kind, offset, length, pid, image_index, reason, detail))
+
+
+def _check_product(
+    rec: bson_store.Record, part: _Part, known: set[int] | None, verify: str
+) -> None:
+    """Add one document to ``part``: as a product row, or as rejects with reasons."""
+    off, length = rec.offset, rec.length
+    if rec.error is not None:
+        reason = "truncated" if rec.error.startswith("truncated") else "malformed"
+        part.reject("document", off, length, None, None, reason, rec.error)
+        return
+    doc = rec.doc
+    pid = doc.get("_id")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        part.reject("product", off, length, None, None, "bad_id", f"_id is {pid!r}")
+        return
+    imgs = doc.get("imgs")
+    if not isinstance(imgs, list) or not imgs:
+        part.reject("product", off, length, pid, None, "no_images", f"imgs is {imgs!r:.40}")
+        return
+    part.images_in += len(imgs)
+    cat = doc.get("category_id")
+    if cat is not None and (
+        not isinstance(cat, int) or (known is not None and cat not in known)
+    ):
+        part.reject("product", off, length, pid, None, "unknown_category", f"category_id {cat!r}")
+        return
+    bad = []
+    for i, img in enumerate(imgs):
+        pic = img.get("picture") if isinstance(img, dict) else None
+        why = check_jpeg_bytes(pic)
+        if why is None and verify == "decode":
+            try:
+                decode_image(pic)
+            except ImageError as exc:
+                why = str(exc)
+        if why is not None:
+            bad.append(i)
+            part.reject("image", off, length, pid, i, "bad_image", why)
+    if len(bad) == len(imgs):
+        part.reject("product", off, length, pid, None, "no_valid_image", f"all {len(imgs)} bad")
+        return
+    c = part.cols
+    c["product_id"].append(pid)
+    c["category_id"].append(cat)
+    c["n_images"].append(len(imgs) - len(bad))
+    c["bad_images"].append(bad)
+    c["offset"].append(off)
+    c["length"].append(length)
+
+
+def _source_id(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)  # atomic: a kill never leaves half a checkpoint
+
+
+def _flush(work: Path, index: int, part: _Part) -> None:
+    table = pa.table(part.cols, schema=SCHEMA)
+    pq.write_table(table, work / f"part-{index:05d}.parquet")
+    rej = pd.DataFrame(part.rejects, columns=REJECT_COLUMNS)
+    rej.to_parquet(work / f"rejects-{index:05d}.parquet")
+
+
+def build_catalogue(
+    bson_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    categories: str | os.PathLike | None = None,
+    *,
+    skip: int = 0,
+    limit: int | None = None,
+    verify_images: str = "magic",
+    checkpoint_every: int = 50_000,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> CatalogueSummary:
+    """Scan ``bson_path`` and write the catalogue under ``out_dir``.
+
+    skip, limit: take documents ``[skip, skip + limit)`` of the file.
+    verify_images: ``"magic"`` (default) checks each picture's JPEG start/end
+        markers, at disk speed; ``"decode"`` fully decodes every picture.
+    checkpoint_every: documents between checkpoints (the unit of lost work).
+    resume: continue an interrupted run found in ``out_dir`` (default True).
+    stop_after: stop after this many checkpoints, leaving the run to resume
+        (what a kill does; used by tests and demos of resuming).
+    """
+    if verify_images not in ("magic", "decode"):
+        raise ValueError(f"verify_images must be 'magic' or 'decode', not {verify_images!r}")
+    if skip < 0 or (limit is not None and limit < 0):
+        raise ValueError("skip and limit must be >= 0")
+    bson_path, out_dir = Path(bson_path), Path(out_dir)
+    bson_store.check_is_bson(bson_path)
+    cats = load_categories(categories) if categories is not None else None
+    known = set(cats["category_id"].tolist()) if cats is not None else None
+
+    params = {
+        "skip": skip,
+        "limit": limit,
+        "verify_images": verify_images,
+        "categories": str(Path(categories).resolve()) if categories else None,
+    }
+    source = _source_id(bson_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / WORK
+    ckpt_path = work / "checkpoint.json"
+    state = None
+    if resume and ckpt_path.exists():
+        state = json.loads(ckpt_path.read_text())
+        if state["source"] != source or state["params"] != params:
+            raise CatalogueError(
+                f"{out_dir} holds an interrupted run of another file or other parameters "
+                f"({state['source']['path']}, {state['params']}); "
+                "delete its _work folder or pass resume=False"
+            )
+    if state is None:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        start = bson_store.skip_documents(bson_path, skip) if skip else 0
+        state = {"source": source, "params": params, "next_offset": start, "documents": 0,
+                 "parts": 0, "start_offset": start, "seconds": 0.0}
+        _write_json(ckpt_path, state)
+
+    t0 = time.perf_counter()
+    part = _Part()
+    docs = state["documents"]
+    bar = tqdm(total=source["size"] - state["start_offset"], initial=state["next_offset"] -
+               state["start_offset"], unit="B", unit_scale=True, desc="catalogue",
+               disable=not progress)
+    end = state["next_offset"]
+    checkpoints = 0
+    for rec in bson_store.iter_records(bson_path, state["next_offset"]):
+        if limit is not None and docs >= limit:
+            break
+        _check_product(rec, part, known, verify_images)
+        docs += 1
+        bar.update(rec.offset + rec.length - end)
+        end = rec.offset + rec.length
+        if docs % checkpoint_every == 0:
+            _flush(work, state["parts"], part)
+            _advance(state, part, end, docs, t0)
+            t0 = time.perf_counter()
+            _write_json(ckpt_path, state)
+            part = _Part()
+            checkpoints += 1
+            if stop_after is not None and checkpoints >= stop_after:
+                bar.close()
+                return CatalogueSummary(source=str(bson_path), documents=docs)
+    bar.close()
+    _flush(work, state["parts"], part)
+    _advance(state, part, end, docs, t0)
+    _write_json(ckpt_path, state)
+    return _finalize(out_dir, state, cats)
+
+
+def _advance(state: dict, part: _Part, end: int, docs: int, t0: float) -> None:
+    """Record in ``state`` that everything before ``end`` is safely in part files."""
+    state.update(next_offset=end, documents=docs, parts=state["parts"] + 1,
+                 images_in=state.get("images_in", 0) + part.images_in,
+                 seconds=state["seconds"] + time.perf_counter() - t0)
+
+
+def _finalize(out_dir: Path, state: dict, cats: pd.DataFrame | None) -> CatalogueSummary:
+    """Join the parts: drop duplicate ids (first wins), join names, write the artifacts."""
+    work = out_dir / WORK
+    n = state["parts"]
+    table = pa.concat_tables(pq.read_table(work / f"part-{i:05d}.parquet") for i in range(n))
+    df = table.to_pandas()
+    df["category_id"] = df["category_id"].astype("Int64")
+    rej = pd.concat(
+        [pd.read_parquet(work / f"rejects-{i:05d}.parquet") for i in range(n)], ignore_index=True
+    )
+    dup = df["product_id"].duplicated(keep="first")
+    if dup.any():
+        first = df.drop_duplicates("product_id").set_index("product_id")["offset"]
+        d = df[dup]
+        rej = pd.concat([rej, pd.DataFrame({
+            "kind": "product", "offset": d["offset"], "length": d["length"],
+            "product_id": d["product_id"], "image_index": None, "reason": "duplicate_id",
+            "detail": [f"_id already at offset {first[p]}" for p in d["product_id"]],
+        })], ignore_index=True)
+        df = df[~dup]
+    if cats is not None:
+        df = df.merge(cats, on="category_id", how="left", validate="many_to_one")
+    else:
+        for col in LEVELS:
+            df[col] = pd.array([pd.NA] * len(df), dtype="string")
+    df = df.reset_index(drop=True)
+    rej = rej.astype({"offset": "int64", "length": "int64", "product_id": "Int64",
+                      "image_index": "Int64"}).sort_values(["offset", "image_index"],
+                                                          kind="stable", ignore_index=True)
+    product_rejects = rej[rej["kind"] != "image"]
+    summary = CatalogueSummary(
+        source=state["source"]["path"],
+        documents=state["documents"],
+        products_kept=len(df),
+        products_rejected=len(product_rejects),
+        images_in=state.get("images_in", 0),
+        images_kept=int(df["n_images"].sum()),
+        bad_images=int((rej["kind"] == "image").sum()),
+        categories=int(df["category_id"].nunique()),
+        rejects_by_reason={k: int(v) for k, v in rej["reason"].value_counts().items()},
+        seconds=state["seconds"],
+        bytes_read=state["next_offset"] - state["start_offset"],
+    )
+    if summary.documents != summary.products_kept + summary.products_rejected:
+        raise AssertionError(f"lost products: {summary}")  # an invariant, never expected
+    df.to_parquet(out_dir / CATALOGUE, index=False)
+    rej.to_csv(out_dir / REJECTS, index=False)
+    meta = {"format_version": FORMAT_VERSION, "source": state["source"],
+            "params": state["params"], "summary": asdict(summary)}
+    _write_json(out_dir / META, meta)
+    shutil.rmtree(work)
+    return summary
+
+
+# ---------------------------------------------------------------- reading back
+
+
+def load_catalogue(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """The catalogue written by ``build_catalogue`` (checks it is complete)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / META).exists():
+        raise CatalogueError(f"no finished catalogue in {out_dir} (run build_catalogue first)")
+    return pd.read_parquet(out_dir / CATALOGUE)
+
+
+def load_meta(out_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(out_dir) / META).read_text())
+
+
+def load_rejects(out_dir: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_csv(Path(out_dir) / REJECTS, dtype={"product_id": "Int64",
+                                                       "image_index": "Int64"})
+
+
+def category_counts(df: pd.DataFrame, level: str = "category_level3") -> pd.DataFrame:
+    """Products and images per category, largest first."""
+    keys = ["category_id", *LEVELS] if level == "category_level3" else [level]
+    out = df.groupby(keys, dropna=False).agg(products=("product_id", "size"),
+                                             images=("n_images", "sum"))
+    return out.sort_values("products", ascending=False).reset_index()
+
+
+def iter_images(
+    df: pd.DataFrame, bson_path: str | os.PathLike
+) -> Iterable[tuple[int, int, bytes]]:
+    """``(product_id, image_index, jpeg_bytes)`` for every usable image of ``df``'s rows."""
+    with bson_store.BsonImageStore(bson_path) as store:
+        for pid, off, length, bad in zip(df["product_id"], df["offset"], df["length"],
+                                         df["bad_images"], strict=True):
+            skip = set(bad.tolist()) if isinstance(bad, np.ndarray) else set(bad or ())
+            for i, pic in enumerate(store.pictures(int(off), int(length))):
+                if i not in skip:
+                    yield int(pid), i, pic
+
+
+def export_jpegs(
+    df: pd.DataFrame,
+    bson_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    by_category: bool = False,
+    progress: bool = True,
+) -> int:
+    """Write ``<product_id>_<i>.jpg`` files (under ``<category_id>/`` if ``by_category``).
+
+    The original project worked from such files; the catalogue does not need
+    them (the BSON is the image store), but some tools do. Returns files written.
+    """
+    out_dir = Path(out_dir)
+    cats = dict(zip(df["product_id"], df["category_id"], strict=True))
+    n = 0
+    total = int(df["n_images"].sum())
+    for pid, i, pic in tqdm(iter_images(df, bson_path), total=total, desc="export",
+                            disable=not progress):
+        folder = out_dir / str(cats[pid]) if by_category else out_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{pid}_{i}.jpg").write_bytes(pic)
+        n += 1
+    return n
