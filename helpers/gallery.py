@@ -1,0 +1,139 @@
+"""Image grids for the notebooks: catalogue samples and query + neighbours.
+
+Every picture is read from the BSON store by the offset in the catalogue.
+``Gallery`` is the live view (a dropdown of query products and a k slider,
+ipywidgets) for JupyterLab; with ``interactive=False`` -- what ``run_all.py``
+passes -- it draws the same grid as a static matplotlib figure, so papermill
+and HTML exports still show it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .bson_store import BsonImageStore
+from .images import ImageError, decode_image
+
+# A search callable: (product_id, k) -> list of hits, best first.
+SearchFn = Callable[[int, int], Sequence["Hit"]]
+
+
+@dataclass(frozen=True)
+class Hit:
+    product_id: int
+    score: float | None = None
+    image_index: int | None = None  # None: the product's first usable picture
+
+
+class ProductImages:
+    """Pictures and labels of catalogue products, by product id."""
+
+    def __init__(self, catalogue: pd.DataFrame, bson_path: str | os.PathLike) -> None:
+        self.df = catalogue.set_index("product_id", drop=False)
+        self.store = BsonImageStore(bson_path)
+
+    def image(self, product_id: int, image_index: int | None = None) -> np.ndarray:
+        row = self.df.loc[product_id]
+        pics = self.store.pictures(int(row["offset"]), int(row["length"]))
+        bad = set(np.asarray(row["bad_images"]).tolist())
+        if image_index is None:
+            image_index = next(i for i in range(len(pics)) if i not in bad)
+        try:
+            return decode_image(pics[image_index])
+        except ImageError:
+            return np.full((180, 180, 3), 200, np.uint8)  # grey tile: shown, not hidden
+
+    def label(self, product_id: int, width: int = 22) -> str:
+        name = self.df.loc[product_id].get("category_level3")
+        name = "?" if name is None or pd.isna(name) else str(name)
+        return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def product_grid(
+    images: ProductImages, product_ids: Sequence[int], cols: int = 6, title: str | None = None
+) -> plt.Figure:
+    """A grid of products (first picture each) captioned with id and category."""
+    rows = max(1, -(-len(product_ids) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, pid in zip(axes.flat, product_ids, strict=False):
+        ax.imshow(images.image(int(pid)))
+        ax.set_title(f"{pid}\n{images.label(int(pid))}", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def neighbours_figure(
+    images: ProductImages, query: Hit, hits: Sequence[Hit], title: str | None = None
+) -> plt.Figure:
+    """The query (framed) then its neighbours with id, category and score."""
+    tiles = [query, *hits]
+    fig, axes = plt.subplots(1, len(tiles), figsize=(2.0 * len(tiles), 2.6), squeeze=False)
+    for j, (ax, h) in enumerate(zip(axes[0], tiles, strict=True)):
+        ax.imshow(images.image(h.product_id, h.image_index))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        head = "query" if j == 0 else f"#{j}  {h.score:.3f}" if h.score is not None else f"#{j}"
+        ax.set_title(f"{head}\n{h.product_id}\n{images.label(h.product_id, 18)}", fontsize=8)
+        if j == 0:
+            for side in ax.spines.values():
+                side.set_edgecolor("tab:red")
+                side.set_linewidth(3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+class Gallery:
+    """Query + k neighbours, live in JupyterLab or static in papermill runs."""
+
+    def __init__(
+        self,
+        images: ProductImages,
+        search: SearchFn,
+        queries: Sequence[int],
+        k: int = 8,
+        title: str = "",
+    ) -> None:
+        self.images, self.search, self.queries, self.k, self.title = (
+            images, search, list(queries), k, title)
+
+    def figure(self, product_id: int, k: int | None = None) -> plt.Figure:
+        hits = self.search(int(product_id), k or self.k)
+        return neighbours_figure(self.images, Hit(int(product_id)), hits, self.title)
+
+    def show(self, interactive: bool = True) -> None:
+        """Display the widget (``interactive``) or one static grid per query."""
+        from IPython.display import display
+
+        if not interactive:
+            for pid in self.queries:
+                display(self.figure(pid))
+                plt.close("all")
+            return
+        import ipywidgets as w
+
+        pick = w.Dropdown(options=self.queries, description="query")
+        k = w.IntSlider(value=self.k, min=1, max=20, description="k")
+        out = w.Output()
+
+        def redraw(_: object = None) -> None:
+            with out:
+                out.clear_output(wait=True)
+                display(self.figure(pick.value, k.value))
+                plt.close("all")
+
+        pick.observe(redraw, "value")
+        k.observe(redraw, "value")
+        redraw()
+        display(w.VBox([w.HBox([pick, k]), out]))

@@ -1,0 +1,127 @@
+"""Run the notebooks end to end with papermill, on the built-in sample or real data.
+
+    python run_all.py                                   # built-in sample -> runs/sample/
+    python run_all.py --bson train_example.bson --categories category_names.csv
+    python run_all.py --only 01,02 -p limit 500 --name quick
+
+Each notebook gets the parameters its `parameters` cell declares (data paths,
+work_dir shared by all notebooks of a run, limit, and any `-p name value`).
+Executed copies and a summary go to runs/<name>/. Exit status is 1 if any
+notebook failed; one whose service is unreachable is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+import papermill as pm
+
+from helpers.paths import REPO_ROOT, RUNS_DIR, resolve_data
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+
+
+def find_notebooks(only: str | None) -> list[Path]:
+    """The notebooks present, in order; ``only`` is a comma list of prefixes ("01,03")."""
+    books = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = [w.strip() for w in only.split(",") if w.strip()]
+        unknown = [w for w in wanted if not any(b.name.startswith(w) for b in books)]
+        if unknown:
+            names = ", ".join(b.stem for b in books)
+            raise SystemExit(f"--only: no notebook starts with {unknown}; present: {names}")
+        books = [b for b in books if any(b.name.startswith(w) for w in wanted)]
+    return books
+
+
+def parse_value(text: str) -> object:
+    """``-p`` values as Python literals where they parse (10, None, 'a', [1,2]), else text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def run(args: argparse.Namespace) -> int:
+    bson_path, categories = resolve_data(args.bson, args.categories)
+    name = args.name or ("sample" if args.bson is None else Path(bson_path).stem)
+    run_dir = (args.out or RUNS_DIR) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    common = {
+        "bson_path": str(bson_path),
+        "categories_path": str(categories) if categories else None,
+        "work_dir": str(run_dir / "artifacts"),
+        "interactive": False,  # static figures: widgets do not survive papermill
+    }
+    extra = {k: parse_value(v) for k, v in args.param}
+    books = find_notebooks(args.only)
+    if not books:
+        print("no notebooks to run", file=sys.stderr)
+        return 1
+    declared_any: set[str] = set()
+    rows = []
+    print(f"run '{name}': {bson_path.name} -> {run_dir}")
+    for nb in books:
+        declared = set(pm.inspect_notebook(str(nb)))
+        declared_any |= declared
+        params = {k: v for k, v in {**common, **extra}.items() if k in declared}
+        out = run_dir / nb.name
+        t0 = time.perf_counter()
+        status, note = "ok", ""
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(REPO_ROOT),
+                                kernel_name=args.kernel, progress_bar=False,
+                                request_save_on_cell_execute=False)
+        except pm.PapermillExecutionError as exc:
+            if exc.ename == "ServiceUnavailable":
+                status, note = "skipped", exc.evalue
+            else:
+                status, note = "failed", f"{exc.ename}: {exc.evalue}"[:200]
+        secs = time.perf_counter() - t0
+        rows.append({"notebook": nb.stem, "status": status, "seconds": round(secs, 1),
+                     "note": note, "output": str(out)})
+        print(f"  {nb.stem:<20} {status:<8} {secs:7.1f} s  {note}", flush=True)
+    unused = set(extra) - declared_any
+    if unused:
+        print(f"warning: -p {sorted(unused)} not declared by any notebook run", file=sys.stderr)
+    write_summary(run_dir, name, common, extra, rows)
+    failed = [r["notebook"] for r in rows if r["status"] == "failed"]
+    print(f"{len(rows) - len(failed)}/{len(rows)} notebooks ok or skipped; summary: "
+          f"{run_dir / 'summary.md'}")
+    return 1 if failed else 0
+
+
+def write_summary(run_dir: Path, name: str, common: dict, extra: dict, rows: list) -> None:
+    (run_dir / "summary.json").write_text(
+        json.dumps({"name": name, "parameters": {**common, **extra}, "notebooks": rows},
+                   indent=2, default=str))
+    lines = [f"# Run `{name}`", "", f"data: `{common['bson_path']}`", "",
+             "| notebook | status | seconds | note |", "|---|---|---|---|"]
+    lines += [f"| {r['notebook']} | {r['status']} | {r['seconds']} | {r['note']} |"
+              for r in rows]
+    (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = ap.add_mutually_exclusive_group()
+    data.add_argument("--sample", action="store_true", help="the built-in sample (default)")
+    data.add_argument("--bson", type=Path, help="a Cdiscount BSON file (train.bson, ...)")
+    ap.add_argument("--categories", type=Path, help="category_names.csv (default: beside --bson)")
+    ap.add_argument("--only", help="comma list of notebook prefixes, e.g. 01,03")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[],
+                    metavar=("NAME", "VALUE"), help="notebook parameter (repeatable)")
+    ap.add_argument("--name", help="run name (default: sample, or the BSON file's stem)")
+    ap.add_argument("--out", type=Path, help=f"runs folder (default {RUNS_DIR})")
+    ap.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The catalogue pass on the real Cdiscount sample and on files crafted to be broken."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import bson
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import bson_store
+from helpers import catalogue as cat
+
+
+def _docs(path: Path) -> list[dict]:
+    return [r.doc for r in bson_store.iter_records(path)]
+
+
+# ------------------------------------------------------------------ real sample
+
+
+def test_real_sample_exact_counts(cdiscount_bson, cdiscount_categories, tmp_path):
+    summary = cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories,
+                                  progress=False)
+    df = cat.load_catalogue(tmp_path)
+    assert summary.documents == 82 and summary.products_kept == 82
+    assert summary.products_rejected == 0 and summary.bad_images == 0
+    assert summary.images_kept == 110 == df["n_images"].sum()
+    assert df["category_id"].nunique() == 36 == summary.categories
+    # every product joined to its three names, and names are trimmed
+    for col in cat.LEVELS:
+        assert df[col].notna().all()
+        assert (df[col] == df[col].str.strip()).all()
+    assert len(cat.load_rejects(tmp_path)) == 0
+
+
+def test_offsets_read_products_back(cdiscount_bson, cdiscount_categories, tmp_path):
+    cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, progress=False)
+    df = cat.load_catalogue(tmp_path)
+    originals = {d["_id"]: d for d in _docs(cdiscount_bson)}
+    with bson_store.BsonImageStore(cdiscount_bson) as store:
+        for row in df.itertuples():
+            doc = store.read(row.offset, row.length)
+            assert doc == originals[row.product_id]
+
+
+def test_category_names_trimmed(cdiscount_categories):
+    raw = pd.read_csv(cdiscount_categories)
+    assert len(raw) == 5270
+    assert (raw["category_level3"] != raw["category_level3"].str.strip()).any()
+    names = cat.load_categories(cdiscount_categories)
+    assert (names["category_level3"] == names["category_level3"].str.strip()).all()
+
+
+# ------------------------------------------------------------------ crafted damage
+
+
+def _jpeg(color: str = "red") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def broken(cdiscount_bson, tmp_path) -> tuple[Path, dict]:
+    """A file with every kind of damage; returns it and what each product should become."""
+    real = _docs(cdiscount_bson)[:10]
+    good_cat = real[0]["category_id"]
+    # JPEG start/end markers around a body that is not a JPEG: only a decode sees it
+    bad_body = b"\xff\xd8" + bytes(range(256)) * 2 + b"\xff\xd9"
+    parts: list[bytes] = [bson.encode(d) for d in real[:4]]
+    parts.append(b"GARBAGE!" * 50)  # bytes that belong to no document
+    parts += [bson.encode(d) for d in real[4:8]]
+    extra = {
+        900: {"_id": 900, "category_id": good_cat, "imgs": []},
+        901: {"_id": 901, "category_id": good_cat, "imgs": [{"picture": b"GIF89a..."}]},
+        902: {"_id": 902, "category_id": good_cat,
+              "imgs": [{"picture": _jpeg()}, {"picture": b"\x89PNG\r\n\x1a\n"}]},
+        903: {"_id": 903, "category_id": 123, "imgs": [{"picture": _jpeg()}]},
+        904: {"_id": 904, "category_id": good_cat, "imgs": [{"picture": bytes(bad_body)}]},
+        905: {"_id": 905, "category_id": good_cat},
+    }
+    parts += [bson.encode(d) for d in extra.values()]
+    parts.append(bson.encode(real[1]))  # duplicate id
+    parts.append(bson.encode(real[8]))
+    parts.append(bson.encode(real[9])[:-40])  # truncated last document
+    path = tmp_path / "broken.bson"
+    path.write_bytes(b"".join(parts))
+    expect_kept = {d["_id"] for d in real[:9]} | {902, 904}
+    tail = len(bson.encode(real[9])) - 40
+    return path, {"kept": expect_kept, "extra": extra, "tail": tail}
+
+
+def test_damage_is_counted_never_fatal(broken, cdiscount_categories, tmp_path):
+    path, expect = broken
+    summary = cat.build_catalogue(path, tmp_path / "out", cdiscount_categories,
+                                  progress=False, checkpoint_every=3)
+    df = cat.load_catalogue(tmp_path / "out")
+    rej = cat.load_rejects(tmp_path / "out")
+    assert set(df["product_id"]) == expect["kept"]
+    # in = kept + rejected, over 8 + garbage + 6 + dup + 1 + truncated slots
+    assert summary.documents == 18
+    assert summary.documents == summary.products_kept + summary.products_rejected
+    assert summary.products_kept == 11 and summary.products_rejected == 7
+    by = rej.groupby("reason")
+    assert set(by.groups) == {"malformed", "no_images", "no_valid_image", "bad_image",
+                              "unknown_category", "duplicate_id", "truncated"}
+    reason = dict(zip(rej.loc[rej.kind == "product", "product_id"],
+                      rej.loc[rej.kind == "product", "reason"], strict=True))
+    assert reason[900] == "no_images" and reason[905] == "no_images"
+    assert reason[901] == "no_valid_image" and reason[903] == "unknown_category"
+    dup = rej[rej.reason == "duplicate_id"]
+    assert len(dup) == 1 and "already at offset" in dup["detail"].iloc[0]
+    # the partly bad product is kept with its good picture only
+    row = df.set_index("product_id").loc[902]
+    assert row["n_images"] == 1 and list(row["bad_images"]) == [1]
+    img = rej[(rej.kind == "image") & (rej.product_id == 902)]
+    assert img["image_index"].tolist() == [1] and "not a JPEG" in img["detail"].iloc[0]
+    # the garbage region is named by its offset and size, the truncated tail likewise
+    garbage = rej[rej.reason == "malformed"].iloc[0]
+    assert garbage["length"] == 400 and garbage["kind"] == "document"
+    tail = rej[rej.reason == "truncated"].iloc[0]
+    assert tail["offset"] + tail["length"] == path.stat().st_size
+    assert tail["length"] == expect["tail"]
+
+
+def test_decode_mode_catches_corrupt_jpeg_body(broken, cdiscount_categories, tmp_path):
+    path, expect = broken
+    cat.build_catalogue(path, tmp_path, cdiscount_categories, progress=False,
+                        verify_images="decode")
+    df = cat.load_catalogue(tmp_path)
+    assert set(df["product_id"]) == expect["kept"] - {904}
+    rej = cat.load_rejects(tmp_path)
+    assert "undecodable" in rej[rej.product_id == 904]["detail"].iloc[0]
+
+
+def test_no_category_file_keeps_unlabelled_products(broken, tmp_path):
+    """test.bson has no category_id: products are kept, names are empty."""
+    path, _ = broken
+    cat.build_catalogue(path, tmp_path, None, progress=False)
+    df = cat.load_catalogue(tmp_path)
+    assert 903 in set(df["product_id"])  # no list to check category 123 against
+    assert df["category_level1"].isna().all()
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 4096, bson_store.CHUNK])
+def test_reader_resyncs_whatever_the_chunk_size(broken, chunk):
+    path, _ = broken
+    recs = list(bson_store.iter_records(path, chunk_size=chunk))
+    assert len(recs) == 18
+    assert [r.error is None for r in recs].count(False) == 2  # garbage + truncated tail
+
+
+def test_not_bson_gets_one_clear_error(tmp_path):
+    bad = tmp_path / "photo.jpg"
+    bad.write_bytes(_jpeg() * 3)
+    with pytest.raises(bson_store.NotBSONError, match="photo.jpg is not a BSON file"):
+        cat.build_catalogue(bad, tmp_path / "out", progress=False)
+    with pytest.raises(FileNotFoundError, match="nope.bson"):
+        cat.build_catalogue(tmp_path / "nope.bson", tmp_path / "out", progress=False)
+
+
+def test_empty_file_is_zero_products(tmp_path):
+    empty = tmp_path / "empty.bson"
+    empty.write_bytes(b"")
+    summary = cat.build_catalogue(empty, tmp_path / "out", progress=False)
+    assert summary.documents == 0 and len(cat.load_catalogue(tmp_path / "out")) == 0
+
+
+# ------------------------------------------------------------------ slices and resume
+
+
+def test_skip_and_limit(cdiscount_bson, cdiscount_categories, tmp_path):
+    cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, skip=10, limit=20,
+                        progress=False)
+    df = cat.load_catalogue(tmp_path)
+    ids = [d["_id"] for d in _docs(cdiscount_bson)]
+    assert df["product_id"].tolist() == ids[10:30]
+
+
+def _artifacts(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return cat.load_catalogue(out), cat.load_rejects(out)
+
+
+def test_resume_after_stop_gives_identical_catalogue(broken, cdiscount_categories, tmp_path):
+    path, _ = broken
+    cat.build_catalogue(path, tmp_path / "full", cdiscount_categories, progress=False)
+    out = tmp_path / "resumed"
+    part = cat.build_catalogue(path, out, cdiscount_categories, progress=False,
+                               checkpoint_every=4, stop_after=2)
+    assert part.documents == 8 and not (out / cat.CATALOGUE).exists()
+    cat.build_catalogue(path, out, cdiscount_categories, progress=False, checkpoint_every=4)
+    for a, b in zip(_artifacts(tmp_path / "full"), _artifacts(out), strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_resume_after_crash_between_part_and_checkpoint(
+    broken, cdiscount_categories, tmp_path, monkeypatch
+):
+    """A kill after a part file is written but before the checkpoint moves on."""
+    path, _ = broken
+    cat.build_catalogue(path, tmp_path / "full", cdiscount_categories, progress=False)
+    out = tmp_path / "crashed"
+    real_write = cat._write_json
+    calls = {"n": 0}
+
+    def dying_write(p, obj):
+        calls["n"] += 1
+        if calls["n"] == 3:  # initial checkpoint, first part, then die
+            raise KeyboardInterrupt
+        real_write(p, obj)
+
+    monkeypatch.setattr(cat, "_write_json", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        cat.build_catalogue(path, out, cdiscount_categories, progress=False, checkpoint_every=5)
+    monkeypatch.setattr(cat, "_write_json", real_write)
+    cat.build_catalogue(path, out, cdiscount_categories, progress=False, checkpoint_every=5)
+    for a, b in zip(_artifacts(tmp_path / "full"), _artifacts(out), strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_resume_refuses_other_parameters(cdiscount_bson, cdiscount_categories, tmp_path):
+    cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, progress=False,
+                        checkpoint_every=10, stop_after=1)
+    with pytest.raises(cat.CatalogueError, match="interrupted run"):
+        cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, limit=5,
+                            progress=False)
+
+
+def test_finished_catalogue_is_reused(cdiscount_bson, cdiscount_categories, tmp_path):
+    first = cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, progress=False)
+    mtime = (tmp_path / cat.CATALOGUE).stat().st_mtime_ns
+    again = cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, progress=False)
+    assert again.products_kept == first.products_kept
+    assert (tmp_path / cat.CATALOGUE).stat().st_mtime_ns == mtime
+
+
+# ------------------------------------------------------------------ export
+
+
+def test_export_jpegs(cdiscount_bson, cdiscount_categories, tmp_path):
+    cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, limit=5, progress=False)
+    df = cat.load_catalogue(tmp_path)
+    n = cat.export_jpegs(df, cdiscount_bson, tmp_path / "jpg", by_category=True, progress=False)
+    files = sorted((tmp_path / "jpg").rglob("*.jpg"))
+    assert n == len(files) == df["n_images"].sum()
+    first = df.iloc[0]
+    assert (tmp_path / "jpg" / str(first.category_id) / f"{first.product_id}_0.jpg").exists()
+    assert Image.open(files[0]).size == (180, 180)
+
+
+def test_built_in_sample(sample_bson, sample_categories, tmp_path):
+    summary = cat.build_catalogue(sample_bson, tmp_path, sample_categories, progress=False,
+                                  verify_images="decode")
+    assert summary.products_kept >= 1000 and summary.products_rejected == 0
+    assert summary.categories == 10

@@ -1,0 +1,71 @@
+"""run_all.py: runs the notebooks present, reports ok / failed / skipped, exits accordingly."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+import run_all
+
+
+def _notebook(path, *sources, params="x = 1"):
+    nb = new_notebook(cells=[new_code_cell(params), *(new_code_cell(s) for s in sources)])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def fake_books(tmp_path, monkeypatch):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "01_ok.ipynb", "print(work_dir, x)",
+              params="work_dir = None\nx = 1")
+    _notebook(books / "02_service.ipynb",
+              "from helpers.services import ServiceUnavailable\n"
+              "raise ServiceUnavailable('no Elasticsearch at http://localhost:9200')")
+    _notebook(books / "03_broken.ipynb", "1 / 0")
+    monkeypatch.setattr(run_all, "NOTEBOOKS", books)
+    return tmp_path
+
+
+def test_statuses_and_exit_code(fake_books, capsys):
+    rc = run_all.main(["--out", str(fake_books / "runs"), "--name", "t", "-p", "x", "5"])
+    assert rc == 1  # 03 failed
+    summary = json.loads((fake_books / "runs/t/summary.json").read_text())
+    status = {r["notebook"]: r["status"] for r in summary["notebooks"]}
+    assert status == {"01_ok": "ok", "02_service": "skipped", "03_broken": "failed"}
+    skipped = next(r for r in summary["notebooks"] if r["status"] == "skipped")
+    assert "no Elasticsearch" in skipped["note"]
+    executed = nbformat.read(fake_books / "runs/t/01_ok.ipynb", 4)
+    text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert text.strip().endswith(" 5")  # the -p value reached the notebook
+
+
+def test_only_selects_and_skipped_is_not_failure(fake_books):
+    rc = run_all.main(["--out", str(fake_books / "runs"), "--name", "t", "--only", "01,02"])
+    assert rc == 0
+
+
+def test_only_unknown_prefix(fake_books):
+    with pytest.raises(SystemExit, match="no notebook starts with"):
+        run_all.main(["--out", str(fake_books / "runs"), "--only", "09"])
+
+
+@pytest.mark.slow
+def test_preprocess_notebook_on_real_sample(cdiscount_bson, cdiscount_categories, tmp_path):
+    rc = run_all.main(["--bson", str(cdiscount_bson), "--categories", str(cdiscount_categories),
+                       "--only", "01", "--out", str(tmp_path)])
+    assert rc == 0
+    nb = nbformat.read(tmp_path / "train_example" / "01_preprocess.ipynb", 4)
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "kept 82 + rejected 0" in text and "36 categories" in text
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 2  # category bar chart + product grid
+
+
