@@ -1,0 +1,195 @@
+"""Catalogue -> images -> model -> vector store, batched and pipelined.
+
+A reader thread pulls pictures from the BSON store by offset and decodes and
+resizes them on a small thread pool (Pillow releases the GIL while decoding),
+while the main thread runs the model on the previous batch: on a CPU the model
+is the bottleneck, so the pipeline should run at the speed of the forward pass
+alone (``bench/bench_embed.py`` measures the ratio).
+
+A picture that fails to decode is skipped, counted, and written to the store's
+``rejects.csv``; a product with no decodable picture gets no vector.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .bson_store import BsonImageStore
+from .images import ImageError, decode_image
+from .vectors import LEVELS, VectorStore, VectorWriter
+
+Extractor = Callable[[np.ndarray], np.ndarray]
+REJECTS = "rejects.csv"
+
+
+@dataclass
+class _Batch:
+    pixels: np.ndarray  # float32 [n, s, s, 3] in [0, 1]
+    product_ids: np.ndarray
+    image_index: np.ndarray
+    next_row: int  # catalogue row after this batch's last product
+    failures: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+def _decode(args: tuple[bytes, int]) -> np.ndarray | str:
+    data, size = args
+    try:
+        return decode_image(data, size)
+    except ImageError as exc:
+        return str(exc)
+
+
+def _batches(df: pd.DataFrame, bson_path: Path, start: int, image_size: int, batch_size: int,
+             pool: ThreadPoolExecutor) -> Iterator[_Batch]:
+    """Whole products, about ``batch_size`` images per batch, in catalogue order."""
+    pids, offs = df["product_id"].to_numpy(), df["offset"].to_numpy()
+    lens, bads = df["length"].to_numpy(), df["bad_images"].to_numpy()
+    with BsonImageStore(bson_path) as store:
+        row = start
+        while row < len(df):
+            jobs, owners = [], []
+            while row < len(df) and len(jobs) < batch_size:
+                skip = set(np.asarray(bads[row]).tolist())
+                for i, pic in enumerate(store.pictures(int(offs[row]), int(lens[row]))):
+                    if i not in skip:
+                        jobs.append((pic, image_size))
+                        owners.append((int(pids[row]), i))
+                row += 1
+            results = list(pool.map(_decode, jobs))
+            ok = [j for j, r in enumerate(results) if not isinstance(r, str)]
+            failures = [(*owners[j], r) for j, r in enumerate(results) if isinstance(r, str)]
+            pixels = (np.stack([results[j] for j in ok]).astype(np.float32) * (1 / 255)
+                      if ok else np.zeros((0, image_size, image_size, 3), np.float32))
+            yield _Batch(pixels, np.array([owners[j][0] for j in ok], np.int64),
+                         np.array([owners[j][1] for j in ok], np.int64), row, failures)
+
+
+def _prefetch(it: Iterator[_Batch], depth: int = 2) -> Iterator[_Batch]:
+    """Run ``it`` on a thread, ``depth`` batches ahead of the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # re-raised in the consumer, not lost in a thread
+            q.put(exc)
+        q.put(done)
+
+    t = threading.Thread(target=work, daemon=True, name="embed-reader")
+    t.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _product_means(vecs: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of each product's L2-normalised image vectors (products stay in order)."""
+    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    uniq, start = np.unique(pids, return_index=True)
+    order = np.argsort(start)
+    uniq, start = uniq[order], start[order]
+    sums = np.add.reduceat(unit, start, axis=0)
+    counts = np.diff(np.append(start, len(pids)))
+    return (sums / counts[:, None]).astype(np.float32), uniq
+
+
+def embed_catalogue(
+    catalogue: pd.DataFrame,
+    bson_path: str | os.PathLike,
+    extractor: Extractor,
+    out_dir: str | os.PathLike,
+    *,
+    image_size: int = 224,
+    level: str = "product",
+    batch_size: int = 64,
+    decode_threads: int = 2,
+    resume: bool = True,
+    progress: bool = True,
+) -> VectorStore:
+    """Embed every usable image of ``catalogue`` into a vector store at ``out_dir``.
+
+    image_size: side the pictures are resized to (224: the models' training size,
+        default; 180: Cdiscount's native size, no resize and ~1.5x fewer pixels).
+    level: ``"product"`` (default) stores one vector per product, the mean of its
+        L2-normalised image vectors; ``"image"`` stores one per picture.
+    resume: continue an unfinished store made with the same settings (default).
+    Returns the finished store, memory-mapped. An already finished store with the
+    same settings is returned as is.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    out_dir, bson_path = Path(out_dir), Path(bson_path)
+    model_meta = extractor.meta() if hasattr(extractor, "meta") else {"model": repr(extractor)}
+    made_by = {**model_meta, "image_size": image_size, "level": level,
+               "source": str(bson_path.resolve()), "catalogue_rows": len(catalogue)}
+    if resume and (out_dir / "meta.json").exists():
+        try:
+            return VectorStore(out_dir, expect=made_by)
+        except Exception:  # unfinished or other settings: VectorWriter decides below
+            pass
+    dim = int(getattr(extractor, "dim", 0)) or None
+    writer = None if dim is None else VectorWriter(out_dir, dim, made_by, resume=resume)
+    start = writer.next_row if writer else 0
+    if start == 0:
+        (out_dir / REJECTS).unlink(missing_ok=True)  # a fresh store: old rejects are stale
+    total = int(catalogue["n_images"].iloc[start:].sum())
+    bar = tqdm(total=total, unit="img", desc=f"embed {level}s @{image_size}px",
+               disable=not progress)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(decode_threads) as pool:
+        batches = _batches(catalogue, bson_path, start, image_size, batch_size, pool)
+        for b in _prefetch(batches):
+            vecs = extractor(b.pixels) if len(b.pixels) else None
+            if writer is None:  # extractor without .dim: learn it from the first batch
+                writer = VectorWriter(out_dir, vecs.shape[1], made_by, resume=resume)
+            if b.failures:
+                _append_rejects(out_dir, b.failures)
+            if vecs is None:
+                writer.append(np.zeros((0, writer.meta["dim"])), [], [], b.next_row,
+                              failed_images=len(b.failures))
+            elif level == "product":
+                means, pids = _product_means(vecs, b.product_ids)
+                writer.append(means, pids, np.full(len(pids), -1), b.next_row,
+                              images=len(vecs), failed_images=len(b.failures))
+            else:
+                writer.append(vecs, b.product_ids, b.image_index, b.next_row,
+                              images=len(vecs), failed_images=len(b.failures))
+            bar.update(len(b.pixels) + len(b.failures))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if writer is None:
+        raise ValueError("the catalogue holds no image to embed")
+    return writer.close(seconds=round(writer.meta.get("seconds", 0) + seconds, 2))
+
+
+def _append_rejects(out_dir: Path, failures: Sequence[tuple[int, int, str]]) -> None:
+    path = out_dir / REJECTS
+    df = pd.DataFrame(failures, columns=["product_id", "image_index", "reason"])
+    df.to_csv(path, mode="a", header=not path.exists(), index=False)
+
+
+def embed_files(paths: Sequence[str | os.PathLike], extractor: Extractor,
+                image_size: int = 224) -> np.ndarray:
+    """Embed image files that are not in the catalogue (a user's photo, a query)."""
+    pixels = np.stack([decode_image(Path(p).read_bytes(), image_size) for p in paths])
+    return extractor(pixels.astype(np.float32) / 255.0)
