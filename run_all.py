@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ import papermill as pm
 from helpers.paths import REPO_ROOT, RUNS_DIR, resolve_data
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
+# Kernels inherit these: keep TensorFlow's C++ logs (absl) out of the run's output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 def find_notebooks(only: str | None) -> list[Path]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -49,6 +50,19 @@ class ProductImages:
         except ImageError:
             return np.full((180, 180, 3), 200, np.uint8)  # grey tile: shown, not hidden
 
+    def new_photo(self, product_id: int, path: str | os.PathLike) -> Path:
+        """Save a picture of ``product_id`` that is *not* in the catalogue: mirrored,
+        cropped by 10% and re-encoded, as a shopper's own photo of the item would be."""
+        from PIL import Image, ImageOps
+
+        img = ImageOps.mirror(Image.fromarray(self.image(product_id)))
+        w, h = img.size
+        img = img.crop((w // 10, h // 10, w, h)).resize((w, h), Image.BICUBIC)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, quality=85)
+        return path
+
     def label(self, product_id: int, width: int = 22) -> str:
         name = self.df.loc[product_id].get("category_level3")
         name = "?" if name is None or pd.isna(name) else str(name)
@@ -73,25 +87,58 @@ def product_grid(
 
 
 def neighbours_figure(
-    images: ProductImages, query: Hit, hits: Sequence[Hit], title: str | None = None
+    images: ProductImages, query: Hit | np.ndarray, hits: Sequence[Hit], title: str | None = None
 ) -> plt.Figure:
-    """The query (framed) then its neighbours with id, category and score."""
+    """The query (framed in red) then its neighbours with id, category and score.
+
+    ``query`` is a catalogue product (a ``Hit``) or a picture from elsewhere (an RGB array).
+    """
     tiles = [query, *hits]
     fig, axes = plt.subplots(1, len(tiles), figsize=(2.0 * len(tiles), 2.6), squeeze=False)
     for j, (ax, h) in enumerate(zip(axes[0], tiles, strict=True)):
-        ax.imshow(images.image(h.product_id, h.image_index))
         ax.set_xticks([])
         ax.set_yticks([])
-        head = "query" if j == 0 else f"#{j}  {h.score:.3f}" if h.score is not None else f"#{j}"
-        ax.set_title(f"{head}\n{h.product_id}\n{images.label(h.product_id, 18)}", fontsize=8)
+        if j == 0 and isinstance(h, np.ndarray):
+            ax.imshow(h)
+            ax.set_title("query\n(new photo)", fontsize=8)
+        else:
+            ax.imshow(images.image(h.product_id, h.image_index))
+            head = "query" if j == 0 else f"#{j}  {h.score:.3f}" if h.score is not None else f"#{j}"
+            ax.set_title(f"{head}\n{h.product_id}\n{images.label(h.product_id, 18)}", fontsize=8)
         if j == 0:
             for side in ax.spines.values():
                 side.set_edgecolor("tab:red")
                 side.set_linewidth(3)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9) if title else None)
     return fig
+
+
+def searcher(index, catalogue: pd.DataFrame | None = None,
+             same_category: bool = False) -> SearchFn:
+    """A gallery search function over any index of the protocol (by product id).
+
+    same_category: only neighbours in the query's category (needs ``catalogue``).
+    """
+    if same_category and catalogue is None:
+        raise ValueError("same_category=True needs the catalogue")
+    cats = (dict(zip(catalogue["product_id"], catalogue["category_id"], strict=True))
+            if same_category else {})
+    sizes = catalogue["category_id"].value_counts().to_dict() if same_category else {}
+
+    def search(product_id: int, k: int) -> list[Hit]:
+        category = None
+        if same_category:
+            category = int(cats[product_id])
+            k = min(k, sizes[category] - 1)  # a small category has fewer than k others
+            if k < 1:
+                return []
+        res = index.search_by_id(product_id, k, category=category)
+        return [Hit(int(i), float(s)) for i, s in zip(res.ids[0], res.scores[0], strict=True)
+                if i >= 0]
+
+    return search
 
 
 class Gallery:
@@ -110,7 +157,8 @@ class Gallery:
 
     def figure(self, product_id: int, k: int | None = None) -> plt.Figure:
         hits = self.search(int(product_id), k or self.k)
-        return neighbours_figure(self.images, Hit(int(product_id)), hits, self.title)
+        title = self.title if hits else f"{self.title} (no neighbour to show)"
+        return neighbours_figure(self.images, Hit(int(product_id)), hits, title)
 
     def show(self, interactive: bool = True) -> None:
         """Display the widget (``interactive``) or one static grid per query."""
