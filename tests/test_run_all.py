@@ -56,16 +56,31 @@ def test_only_unknown_prefix(fake_books):
         run_all.main(["--out", str(fake_books / "runs"), "--only", "09"])
 
 
+def _outputs(path):
+    nb = nbformat.read(path, 4)
+    outs = [o for c in nb.cells for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                   for o in outs)
+    pngs = sum("image/png" in o.get("data", {}) for o in outs)
+    return text, pngs
+
+
 @pytest.mark.slow
-def test_preprocess_notebook_on_real_sample(cdiscount_bson, cdiscount_categories, tmp_path):
+def test_notebooks_01_to_04_on_real_sample(cdiscount_bson, cdiscount_categories, tmp_path):
     rc = run_all.main(["--bson", str(cdiscount_bson), "--categories", str(cdiscount_categories),
-                       "--only", "01", "--out", str(tmp_path)])
+                       "--only", "01,02,03,04", "--out", str(tmp_path)])
     assert rc == 0
-    nb = nbformat.read(tmp_path / "train_example" / "01_preprocess.ipynb", 4)
-    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
-    text = "".join(o.get("text", "") for o in outputs)
+    run = tmp_path / "train_example"
+    text, pngs = _outputs(run / "01_preprocess.ipynb")
     assert "kept 82 + rejected 0" in text and "36 categories" in text
-    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 2  # category bar chart + product grid
-
-
+    assert pngs >= 2  # category bar chart + product grid
+    text, pngs = _outputs(run / "02_cosine_style.ipynb")
+    assert "VectorStore(82 x 768" in text and pngs >= 4  # a gallery per query
+    text, pngs = _outputs(run / "03_faiss.ipynb")
+    assert "reloaded: same results" in text and "all in the category: True" in text
+    assert "after remove: False" in text and "after add back: True" in text
+    assert pngs >= 6  # galleries, new-photo query, recall-vs-QPS plot
+    text, pngs = _outputs(run / "04_annoy.ipynb")
+    assert "NotSupportedError" in text and "pss_kb" in text and pngs >= 6
+    summary = (run / "summary.md").read_text()
+    assert summary.count("| ok |") == 4
