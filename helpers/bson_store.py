@@ -228,6 +228,67 @@ def skip_documents(path: str | os.PathLike, n: int, start: int = 0) -> int:
     return pos
 
 
+def _chain_ok(fd: int, pos: int, size: int, links: int) -> bool:
+    """True if ``links`` well-framed, decodable documents follow each other from ``pos``
+    (or the file ends cleanly after fewer)."""
+    for _ in range(links):
+        if pos == size:
+            return True
+        head = os.pread(fd, 4, pos)
+        if len(head) < 4:
+            return False
+        (length,) = _INT32.unpack(head)
+        if length < MIN_DOC or length > MAX_DOC or pos + length > size:
+            return False
+        raw = os.pread(fd, length, pos)
+        if raw[-1] != 0:
+            return False
+        try:
+            bson.decode(raw)
+        except (BSONError, ValueError, OverflowError):
+            return False
+        pos += length
+    return True
+
+
+def find_document_start(path: str | os.PathLike, offset: int, links: int = 3) -> int:
+    """The first document start at or after byte ``offset`` (the file size if none).
+
+    A start must be followed by a chain of ``links`` valid documents, so a stray
+    ``_id`` inside a JPEG is not taken for one. Used to split a file into
+    partitions that workers (processes, Dask tasks) scan independently.
+    """
+    size = Path(path).stat().st_size
+    if offset <= 0:
+        return 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos = offset
+        while pos < size:
+            buf = os.pread(fd, CHUNK, pos)
+            hit = buf.find(_ID_KEY)
+            while hit >= 0:
+                cand = pos + hit - 5
+                if cand >= offset and _chain_ok(fd, cand, size, links):
+                    return cand
+                hit = buf.find(_ID_KEY, hit + 1)
+            if len(buf) < CHUNK:
+                break
+            pos += len(buf) - len(_ID_KEY)  # an anchor may straddle the chunk edge
+        return size
+    finally:
+        os.close(fd)
+
+
+def partition_offsets(path: str | os.PathLike, parts: int) -> list[int]:
+    """Document-aligned offsets ``[0, ..., size]`` cutting the file into ``parts`` ranges
+    of about equal size; range ``i`` holds the documents starting in
+    ``[offsets[i], offsets[i + 1])``."""
+    size = Path(path).stat().st_size
+    cuts = [find_document_start(path, size * i // parts) for i in range(1, parts)]
+    return sorted({0, *cuts, size})
+
+
 class BsonImageStore:
     """Random access to products in a BSON file by ``(offset, length)``.
 

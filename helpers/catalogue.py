@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ REJECTS = "rejects.csv"
 META = "catalogue.json"
 WORK = "_work"
 FORMAT_VERSION = 1
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # tests lower it to split small files
 LEVELS = ["category_level1", "category_level2", "category_level3"]
 REJECT_COLUMNS = ["kind", "offset", "length", "product_id", "image_index", "reason", "detail"]
 
@@ -210,6 +212,7 @@ def build_catalogue(
     skip: int = 0,
     limit: int | None = None,
     verify_images: str = "magic",
+    workers: int | None = 1,
     checkpoint_every: int = 50_000,
     resume: bool = True,
     progress: bool = True,
@@ -221,10 +224,13 @@ def build_catalogue(
     skip, limit: take documents ``[skip, skip + limit)`` of the file.
     verify_images: ``"magic"`` (default) checks each picture's JPEG start/end
         markers, at disk speed; ``"decode"`` fully decodes every picture.
+    workers: processes scanning byte ranges of the file in parallel (None: one per
+        core). Whole files over 64 MB only; with skip/limit the scan is sequential.
+        The catalogue is the same either way.
     checkpoint_every: documents between checkpoints (the unit of lost work).
     resume: continue an interrupted run found in ``out_dir`` (default True).
-    stop_after: stop after this many checkpoints, leaving the run to resume
-        (what a kill does; used by tests and demos of resuming).
+    stop_after: stop after this many checkpoints (per range), leaving the run to
+        resume -- what a kill does; used by tests and demos of resuming.
     force: rebuild even if ``out_dir`` holds a finished catalogue of the same
         file and parameters (by default it is reused: no second 58 GB pass).
     """
@@ -232,10 +238,12 @@ def build_catalogue(
         raise ValueError(f"verify_images must be 'magic' or 'decode', not {verify_images!r}")
     if skip < 0 or (limit is not None and limit < 0):
         raise ValueError("skip and limit must be >= 0")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, not {workers}")
     bson_path, out_dir = Path(bson_path), Path(out_dir)
     bson_store.check_is_bson(bson_path)
     cats = load_categories(categories) if categories is not None else None
-    known = set(cats["category_id"].tolist()) if cats is not None else None
 
     params = {
         "skip": skip,
@@ -249,76 +257,124 @@ def build_catalogue(
         meta = load_meta(out_dir)
         if meta["source"] == source and meta["params"] == params:
             return CatalogueSummary(**meta["summary"])
+    t0 = time.perf_counter()
     work = out_dir / WORK
-    ckpt_path = work / "checkpoint.json"
-    state = None
-    if resume and ckpt_path.exists():
-        state = json.loads(ckpt_path.read_text())
-        if state["source"] != source or state["params"] != params:
-            raise CatalogueError(
-                f"{out_dir} holds an interrupted run of another file or other parameters "
-                f"({state['source']['path']}, {state['params']}); "
-                "delete its _work folder or pass resume=False"
-            )
-    if state is None:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        start = bson_store.skip_documents(bson_path, skip) if skip else 0
-        state = {"source": source, "params": params, "next_offset": start, "documents": 0,
-                 "parts": 0, "start_offset": start, "seconds": 0.0}
-        _write_json(ckpt_path, state)
+    plan = _plan(work, bson_path, source, params, workers, resume)
+    jobs = [(str(bson_path), str(work / f"range-{i:02d}"), a, b, limit, params["categories"],
+             verify_images, checkpoint_every, stop_after, progress, i)
+            for i, (a, b) in enumerate(plan["ranges"])]
+    if len(jobs) == 1:
+        states = [_scan_range(*jobs[0])]  # in-process: simplest to debug and to test
+    else:
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            states = list(pool.map(_scan_range, *zip(*jobs, strict=True)))
+    plan["seconds"] += time.perf_counter() - t0
+    _write_json(work / "plan.json", plan)
+    if not all(st["done"] for st in states):
+        return CatalogueSummary(source=str(bson_path),
+                                documents=sum(st["documents"] for st in states))
+    return _finalize(out_dir, plan, states, cats)
 
+
+def _plan(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
+          resume: bool) -> dict:
+    """The byte ranges of this run: an interrupted run's plan, or a new one."""
+    path = work / "plan.json"
+    if resume and path.exists():
+        plan = json.loads(path.read_text())
+        if plan["source"] == source and plan["params"] == params:
+            return plan
+        raise CatalogueError(
+            f"{work.parent} holds an interrupted run of another file or other parameters "
+            f"({plan['source']['path']}, {plan['params']}); "
+            "delete its _work folder or pass resume=False"
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    # Below ~64 MB a second process costs more than it saves.
+    if workers > 1 and params["skip"] == 0 and params["limit"] is None and \
+            source["size"] > PARALLEL_MIN_BYTES:
+        offsets = bson_store.partition_offsets(bson_path, workers)
+    else:
+        start = bson_store.skip_documents(bson_path, params["skip"]) if params["skip"] else 0
+        offsets = [start, source["size"]]
+    plan = {"source": source, "params": params, "seconds": 0.0,
+            "ranges": [[a, b] for a, b in zip(offsets, offsets[1:], strict=False)]
+            or [[0, 0]]}
+    _write_json(path, plan)
+    return plan
+
+
+def _scan_range(bson_path: str, work: str, start: int, end: int, limit: int | None,
+                categories: str | None, verify: str, checkpoint_every: int,
+                stop_after: int | None, progress: bool, position: int) -> dict:
+    """Scan the documents starting in ``[start, end)`` into part files under ``work``,
+    checkpointing; resumes from ``work/checkpoint.json``. Returns the range's state."""
+    work_dir = Path(work)
+    ckpt = work_dir / "checkpoint.json"
+    if ckpt.exists():
+        state = json.loads(ckpt.read_text())
+    else:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        state = {"start": start, "end": end, "next_offset": start, "documents": 0,
+                 "parts": 0, "images_in": 0, "seconds": 0.0, "done": False}
+        _write_json(ckpt, state)
+    if state["done"]:
+        return state
+    known = (set(load_categories(categories)["category_id"].tolist())
+             if categories is not None else None)
     t0 = time.perf_counter()
     part = _Part()
     docs = state["documents"]
-    bar = tqdm(total=source["size"] - state["start_offset"], initial=state["next_offset"] -
-               state["start_offset"], unit="B", unit_scale=True, desc="catalogue",
-               disable=not progress)
-    end = state["next_offset"]
+    bar = tqdm(total=end - start, initial=state["next_offset"] - start, unit="B",
+               unit_scale=True, desc=f"catalogue {position}" if position else "catalogue",
+               position=position, disable=not progress)
+    done_to = state["next_offset"]
     checkpoints = 0
-    for rec in bson_store.iter_records(bson_path, state["next_offset"]):
+    for rec in bson_store.iter_records(bson_path, state["next_offset"], end):
         if limit is not None and docs >= limit:
             break
-        _check_product(rec, part, known, verify_images)
+        _check_product(rec, part, known, verify)
         docs += 1
-        end = rec.offset + rec.length
+        done_to = rec.offset + rec.length
         if docs % 4096 == 0:
-            bar.update(end - bar.n - state["start_offset"])
+            bar.update(done_to - start - bar.n)
         if docs % checkpoint_every == 0:
-            _flush(work, state["parts"], part)
-            _advance(state, part, end, docs, t0)
+            _flush(work_dir, state["parts"], part)
+            _advance(state, part, done_to, docs, t0)
             t0 = time.perf_counter()
-            _write_json(ckpt_path, state)
+            _write_json(ckpt, state)
             part = _Part()
             checkpoints += 1
             if stop_after is not None and checkpoints >= stop_after:
                 bar.close()
-                return CatalogueSummary(source=str(bson_path), documents=docs)
-    bar.update(end - bar.n - state["start_offset"])
+                return state
+    bar.update(done_to - start - bar.n)
     bar.close()
-    _flush(work, state["parts"], part)
-    _advance(state, part, end, docs, t0)
-    _write_json(ckpt_path, state)
-    return _finalize(out_dir, state, cats)
+    _flush(work_dir, state["parts"], part)
+    _advance(state, part, done_to, docs, t0)
+    state["done"] = True
+    _write_json(ckpt, state)
+    return state
 
 
-def _advance(state: dict, part: _Part, end: int, docs: int, t0: float) -> None:
-    """Record in ``state`` that everything before ``end`` is safely in part files."""
-    state.update(next_offset=end, documents=docs, parts=state["parts"] + 1,
-                 images_in=state.get("images_in", 0) + part.images_in,
+def _advance(state: dict, part: _Part, done_to: int, docs: int, t0: float) -> None:
+    """Record in ``state`` that everything before ``done_to`` is safely in part files."""
+    state.update(next_offset=done_to, documents=docs, parts=state["parts"] + 1,
+                 images_in=state["images_in"] + part.images_in,
                  seconds=state["seconds"] + time.perf_counter() - t0)
 
 
-def _finalize(out_dir: Path, state: dict, cats: pd.DataFrame | None) -> CatalogueSummary:
-    """Join the parts: drop duplicate ids (first wins), join names, write the artifacts."""
-    work = out_dir / WORK
-    n = state["parts"]
-    table = pa.concat_tables(pq.read_table(work / f"part-{i:05d}.parquet") for i in range(n))
+def _finalize(out_dir: Path, plan: dict, states: list[dict],
+              cats: pd.DataFrame | None) -> CatalogueSummary:
+    """Join the parts in file order: drop duplicate ids (first wins), join names, write."""
+    files = [(Path(out_dir / WORK / f"range-{r:02d}"), i)
+             for r, st in enumerate(states) for i in range(st["parts"])]
+    table = pa.concat_tables(pq.read_table(d / f"part-{i:05d}.parquet") for d, i in files)
     df = table.to_pandas()
     df["category_id"] = df["category_id"].astype("Int64")
-    rej = pd.concat(
-        [pd.read_parquet(work / f"rejects-{i:05d}.parquet") for i in range(n)], ignore_index=True
-    )
+    rej = pd.concat([pd.read_parquet(d / f"rejects-{i:05d}.parquet") for d, i in files],
+                    ignore_index=True)
     dup = df["product_id"].duplicated(keep="first")
     if dup.any():
         first = df.drop_duplicates("product_id").set_index("product_id")["offset"]
@@ -340,26 +396,26 @@ def _finalize(out_dir: Path, state: dict, cats: pd.DataFrame | None) -> Catalogu
                                                           kind="stable", ignore_index=True)
     product_rejects = rej[rej["kind"] != "image"]
     summary = CatalogueSummary(
-        source=state["source"]["path"],
-        documents=state["documents"],
+        source=plan["source"]["path"],
+        documents=sum(st["documents"] for st in states),
         products_kept=len(df),
         products_rejected=len(product_rejects),
-        images_in=state.get("images_in", 0),
+        images_in=sum(st["images_in"] for st in states),
         images_kept=int(df["n_images"].sum()),
         bad_images=int((rej["kind"] == "image").sum()),
         categories=int(df["category_id"].nunique()),
         rejects_by_reason={k: int(v) for k, v in rej["reason"].value_counts().items()},
-        seconds=state["seconds"],
-        bytes_read=state["next_offset"] - state["start_offset"],
+        seconds=plan["seconds"],
+        bytes_read=sum(st["next_offset"] - st["start"] for st in states),
     )
     if summary.documents != summary.products_kept + summary.products_rejected:
         raise AssertionError(f"lost products: {summary}")  # an invariant, never expected
     df.to_parquet(out_dir / CATALOGUE, index=False)
     rej.to_csv(out_dir / REJECTS, index=False)
-    meta = {"format_version": FORMAT_VERSION, "source": state["source"],
-            "params": state["params"], "summary": asdict(summary)}
+    meta = {"format_version": FORMAT_VERSION, "source": plan["source"],
+            "params": plan["params"], "summary": asdict(summary)}
     _write_json(out_dir / META, meta)
-    shutil.rmtree(work)
+    shutil.rmtree(out_dir / WORK)
     return summary
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import bson
@@ -256,3 +257,49 @@ def test_built_in_sample(sample_bson, sample_categories, tmp_path):
                                   verify_images="decode")
     assert summary.products_kept >= 1000 and summary.products_rejected == 0
     assert summary.categories == 10
+
+
+# ------------------------------------------------------------------ parallel ranges
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_partitions_cover_every_record_once(broken, parts):
+    path, _ = broken
+    whole = list(bson_store.iter_records(path))
+    offsets = bson_store.partition_offsets(path, parts)
+    assert offsets[0] == 0 and offsets[-1] == path.stat().st_size
+    ranges = zip(offsets, offsets[1:], strict=False)
+    pieces = [r for a, b in ranges for r in bson_store.iter_records(path, a, b)]
+    assert [(r.offset, r.length, r.error) for r in pieces] == [
+        (r.offset, r.length, r.error) for r in whole]
+
+
+@pytest.fixture
+def split_small_files(monkeypatch):
+    monkeypatch.setattr(cat, "PARALLEL_MIN_BYTES", 0)
+
+
+def test_workers_give_the_same_catalogue(broken, cdiscount_categories, tmp_path,
+                                         split_small_files):
+    path, _ = broken
+    cat.build_catalogue(path, tmp_path / "one", cdiscount_categories, progress=False)
+    s = cat.build_catalogue(path, tmp_path / "three", cdiscount_categories, progress=False,
+                            workers=3)
+    assert s.documents == 18
+    plan = json.loads((tmp_path / "three" / "catalogue.json").read_text())
+    assert plan["summary"]["documents"] == 18
+    for a, b in zip(_artifacts(tmp_path / "one"), _artifacts(tmp_path / "three"), strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_parallel_run_resumes(broken, cdiscount_categories, tmp_path, split_small_files):
+    path, _ = broken
+    cat.build_catalogue(path, tmp_path / "full", cdiscount_categories, progress=False)
+    out = tmp_path / "par"
+    cat.build_catalogue(path, out, cdiscount_categories, progress=False, workers=2,
+                        checkpoint_every=2, stop_after=1)
+    assert not (out / cat.CATALOGUE).exists()
+    cat.build_catalogue(path, out, cdiscount_categories, progress=False, workers=2,
+                        checkpoint_every=2)
+    for a, b in zip(_artifacts(tmp_path / "full"), _artifacts(out), strict=True):
+        pd.testing.assert_frame_equal(a, b)
