@@ -16,6 +16,8 @@ that this module, and the ONNX backend, import on machines without TensorFlow.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,14 +165,31 @@ def weights_meta() -> dict[str, Any]:
 
 
 def import_tensorflow() -> Any:
-    """Import TensorFlow, or explain how to get it (the ONNX backend needs none)."""
+    """Import TensorFlow, or explain how to get it (the ONNX backend needs none).
+
+    The first import runs with the process's stderr (fd 2) sent to /dev/null: TF's C++
+    start-up logs (oneDNN, "no CUDA driver", cuInit) bypass TF_CPP_MIN_LOG_LEVEL and
+    would fill every notebook output. Python errors still surface as exceptions.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
+        os.dup2(devnull, 2)
         import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the device probe logs too: do it now, quietly
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "This needs TensorFlow: pip install 'visual-product-search[tf]' "
             "(or use backend='onnx', which does not)."
         ) from exc
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
     return tf
 
 
