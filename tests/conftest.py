@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES
@@ -13,20 +14,37 @@ from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _shared(name: str) -> Path:
+    path = CDISCOUNT_DIR / name
+    if not path.exists():
+        pytest.skip(f"real Cdiscount file not found at {path} (set CDISCOUNT_DIR)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def cdiscount_bson() -> Path:
-    path = CDISCOUNT_DIR / "train_example.bson"
-    if not path.exists():
-        pytest.skip(f"real Cdiscount sample not found at {path} (set CDISCOUNT_DIR)")
-    return path
+    return _shared("train_example.bson")
 
 
 @pytest.fixture(scope="session")
 def cdiscount_categories() -> Path:
-    path = CDISCOUNT_DIR / "category_names.csv"
-    if not path.exists():
-        pytest.skip(f"category_names.csv not found at {path} (set CDISCOUNT_DIR)")
-    return path
+    return _shared("category_names.csv")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """scikit-image's cat and coffee photos (to check ImageNet weights), resized to 224."""
+    from helpers.models import prepare_images
+
+    skimage_data = pytest.importorskip("skimage.data")
+    chelsea, coffee = skimage_data.chelsea(), skimage_data.coffee()
+    return {
+        "chelsea": prepare_images([chelsea])[0],
+        "coffee": prepare_images([coffee])[0],
+        # Two overlapping crops of the cat photo (300 x 451).
+        "crop_a": prepare_images([chelsea[0:260, 0:360]])[0],
+        "crop_b": prepare_images([chelsea[40:300, 90:451]])[0],
+    }
 
 
 @pytest.fixture(scope="session")

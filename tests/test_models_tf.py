@@ -26,17 +26,6 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def photos() -> dict[str, np.ndarray]:
-    chelsea, coffee = skimage_data.chelsea(), skimage_data.coffee()
-    return {
-        "chelsea": hm.prepare_images([chelsea])[0],
-        "coffee": hm.prepare_images([coffee])[0],
-        "crop_a": hm.prepare_images([chelsea[0:260, 0:360]])[0],
-        "crop_b": hm.prepare_images([chelsea[40:300, 90:451]])[0],
-    }
-
-
-@pytest.fixture(scope="module")
 def batch(photos: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([photos[k] for k in ("chelsea", "coffee", "crop_a", "crop_b")])
 

@@ -27,19 +27,6 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def photos() -> dict[str, np.ndarray]:
-    """The two scikit-image photos used to check ImageNet weights, resized to 224."""
-    chelsea, coffee = skimage_data.chelsea(), skimage_data.coffee()
-    return {
-        "chelsea": hm.prepare_images([chelsea])[0],
-        "coffee": hm.prepare_images([coffee])[0],
-        # Two overlapping crops of the cat photo (300 x 451).
-        "crop_a": hm.prepare_images([chelsea[0:260, 0:360]])[0],
-        "crop_b": hm.prepare_images([chelsea[40:300, 90:451]])[0],
-    }
-
-
-@pytest.fixture(scope="module")
 def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx-cache")
 
