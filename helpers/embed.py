@@ -12,6 +12,7 @@ A picture that fails to decode is skipped, counted, and written to the store's
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -26,8 +27,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .bson_store import BsonImageStore
-from .images import ImageError, decode_image
-from .vectors import LEVELS, VectorStore, VectorWriter
+from .images import ImageError, decode_image, to_float
+from .vectors import LEVELS, VectorStore, VectorStoreError, VectorWriter, read_meta
 
 Extractor = Callable[[np.ndarray], np.ndarray]
 REJECTS = "rejects.csv"
@@ -48,6 +49,8 @@ def _decode(args: tuple[bytes, int]) -> np.ndarray | str:
         return decode_image(data, size)
     except ImageError as exc:
         return str(exc)
+    except Exception as exc:  # noqa: BLE001 - one odd picture must not end a 12 M-image run
+        return f"undecodable image: {type(exc).__name__}: {exc}"
 
 
 def _batches(df: pd.DataFrame, bson_path: Path, start: int, image_size: int, batch_size: int,
@@ -69,27 +72,46 @@ def _batches(df: pd.DataFrame, bson_path: Path, start: int, image_size: int, bat
             results = list(pool.map(_decode, jobs))
             ok = [j for j, r in enumerate(results) if not isinstance(r, str)]
             failures = [(*owners[j], r) for j, r in enumerate(results) if isinstance(r, str)]
-            pixels = (np.stack([results[j] for j in ok]).astype(np.float32) * (1 / 255)
+            pixels = (to_float([results[j] for j in ok])
                       if ok else np.zeros((0, image_size, image_size, 3), np.float32))
             yield _Batch(pixels, np.array([owners[j][0] for j in ok], np.int64),
                          np.array([owners[j][1] for j in ok], np.int64), row, failures)
 
 
 def _prefetch(it: Iterator[_Batch], depth: int = 2) -> Iterator[_Batch]:
-    """Run ``it`` on a thread, ``depth`` batches ahead of the consumer."""
+    """Run ``it`` on a thread, ``depth`` batches ahead of the consumer.
+
+    When the consumer stops early (an extractor error, Ctrl-C in a notebook) the
+    reader must not stay blocked on a full queue for ever, holding ~100 MB of
+    batches and the BSON file: it polls ``stop`` while waiting, and closing this
+    generator joins it.
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
 
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for item in it:
-                if stop.is_set():
+                if not put(item):
                     return
-                q.put(item)
         except BaseException as exc:  # re-raised in the consumer, not lost in a thread
-            q.put(exc)
-        q.put(done)
+            put(exc)
+            return
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()  # releases the BSON file now, not at garbage collection
+        put(done)
 
     t = threading.Thread(target=work, daemon=True, name="embed-reader")
     t.start()
@@ -100,6 +122,7 @@ def _prefetch(it: Iterator[_Batch], depth: int = 2) -> Iterator[_Batch]:
             yield item
     finally:
         stop.set()
+        t.join()
 
 
 def _product_means(vecs: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +147,7 @@ def embed_catalogue(
     batch_size: int = 64,
     decode_threads: int = 2,
     resume: bool = True,
+    rebuild_stale: bool = False,
     progress: bool = True,
 ) -> VectorStore:
     """Embed every usable image of ``catalogue`` into a vector store at ``out_dir``.
@@ -132,7 +156,11 @@ def embed_catalogue(
         default; 180: Cdiscount's native size, no resize and ~1.5x fewer pixels).
     level: ``"product"`` (default) stores one vector per product, the mean of its
         L2-normalised image vectors; ``"image"`` stores one per picture.
-    resume: continue an unfinished store made with the same settings (default).
+    resume: continue an unfinished store made with the same settings (default);
+        False rebuilds whatever is there.
+    rebuild_stale: a store in ``out_dir`` made by other settings (model, size,
+        catalogue...) is rebuilt, saying why; by default it is refused with the list
+        of differences.
     Returns the finished store, memory-mapped. An already finished store with the
     same settings is returned as is.
     """
@@ -141,45 +169,81 @@ def embed_catalogue(
     out_dir, bson_path = Path(out_dir), Path(bson_path)
     model_meta = extractor.meta() if hasattr(extractor, "meta") else {"model": repr(extractor)}
     made_by = {**model_meta, "image_size": image_size, "level": level,
-               "source": str(bson_path.resolve()), "catalogue_rows": len(catalogue)}
-    if resume and (out_dir / "meta.json").exists():
-        try:
-            return VectorStore(out_dir, expect=made_by)
-        except Exception:  # unfinished or other settings: VectorWriter decides below
-            pass
-    dim = int(getattr(extractor, "dim", 0)) or None
-    writer = None if dim is None else VectorWriter(out_dir, dim, made_by, resume=resume)
-    start = writer.next_row if writer else 0
+               "source": str(bson_path.resolve()), "catalogue_rows": len(catalogue),
+               "catalogue_sha256": catalogue_fingerprint(catalogue)}
+    old = read_meta(out_dir)
+    if old is not None:
+        diff = {k: (old["made_by"].get(k), v) for k, v in made_by.items()
+                if old["made_by"].get(k) != v}
+        if not diff and old.get("complete") and resume:
+            return VectorStore(out_dir)
+        if diff:
+            why = "; ".join(f"{k} is {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            if resume and not rebuild_stale:
+                raise VectorStoreError(f"{out_dir} holds vectors made by other settings ({why});"
+                                       " delete it or pass rebuild_stale=True")
+            if rebuild_stale:
+                print(f"{out_dir}: made by other settings ({why}): rebuilding")
+            resume = False
+    dim = int(getattr(extractor, "dim", 0) or 0)
+    if dim <= 0:
+        # Learn the size before reading: the writer (and its resume point) must exist
+        # first, or a resumed run would start again at row 0 and append duplicates.
+        dim = int(extractor(np.zeros((1, image_size, image_size, 3), np.float32)).shape[1])
+    writer = VectorWriter(out_dir, dim, made_by, resume=resume)
+    start = writer.next_row
     if start == 0:
         (out_dir / REJECTS).unlink(missing_ok=True)  # a fresh store: old rejects are stale
+    else:  # rows from `start` are read again: drop what a killed run recorded of them
+        _trim_rejects(out_dir, catalogue["product_id"].iloc[start:])
     total = int(catalogue["n_images"].iloc[start:].sum())
     bar = tqdm(total=total, unit="img", desc=f"embed {level}s @{image_size}px",
                disable=not progress)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(decode_threads) as pool:
-        batches = _batches(catalogue, bson_path, start, image_size, batch_size, pool)
-        for b in _prefetch(batches):
-            vecs = extractor(b.pixels) if len(b.pixels) else None
-            if writer is None:  # extractor without .dim: learn it from the first batch
-                writer = VectorWriter(out_dir, vecs.shape[1], made_by, resume=resume)
-            if b.failures:
-                _append_rejects(out_dir, b.failures)
-            if vecs is None:
-                writer.append(np.zeros((0, writer.meta["dim"])), [], [], b.next_row,
-                              failed_images=len(b.failures))
-            elif level == "product":
-                means, pids = _product_means(vecs, b.product_ids)
-                writer.append(means, pids, np.full(len(pids), -1), b.next_row,
-                              images=len(vecs), failed_images=len(b.failures))
-            else:
-                writer.append(vecs, b.product_ids, b.image_index, b.next_row,
-                              images=len(vecs), failed_images=len(b.failures))
-            bar.update(len(b.pixels) + len(b.failures))
-    bar.close()
+        feed = _prefetch(_batches(catalogue, bson_path, start, image_size, batch_size, pool))
+        try:
+            for b in feed:
+                _write_batch(writer, out_dir, level, b, extractor)
+                bar.update(len(b.pixels) + len(b.failures))
+        finally:
+            feed.close()  # stop and join the reader now, even on an error or Ctrl-C
+            bar.close()
     seconds = time.perf_counter() - t0
-    if writer is None:
-        raise ValueError("the catalogue holds no image to embed")
     return writer.close(seconds=round(writer.meta.get("seconds", 0) + seconds, 2))
+
+
+def catalogue_fingerprint(catalogue: pd.DataFrame) -> str:
+    """Short hash of the catalogue's product ids and offsets: which products, from where."""
+    h = hashlib.sha256(catalogue["product_id"].to_numpy(np.int64).tobytes())
+    h.update(catalogue["offset"].to_numpy(np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _write_batch(writer: VectorWriter, out_dir: Path, level: str, b: _Batch,
+                 extractor: Extractor) -> None:
+    """Embed one batch and append it (and its rejects) to the store."""
+    vecs = extractor(b.pixels) if len(b.pixels) else None
+    if b.failures:
+        _append_rejects(out_dir, b.failures)
+    if vecs is None:
+        writer.append(np.zeros((0, writer.meta["dim"])), [], [], b.next_row,
+                      failed_images=len(b.failures))
+    elif level == "product":
+        means, pids = _product_means(vecs, b.product_ids)
+        writer.append(means, pids, np.full(len(pids), -1), b.next_row,
+                      images=len(vecs), failed_images=len(b.failures))
+    else:
+        writer.append(vecs, b.product_ids, b.image_index, b.next_row,
+                      images=len(vecs), failed_images=len(b.failures))
+
+
+def _trim_rejects(out_dir: Path, product_ids: pd.Series) -> None:
+    """Drop the rejects of ``product_ids`` (a kill may fall between rejects and meta)."""
+    path = out_dir / REJECTS
+    if path.exists():
+        df = pd.read_csv(path)
+        df[~df["product_id"].isin(product_ids)].to_csv(path, index=False)
 
 
 def _append_rejects(out_dir: Path, failures: Sequence[tuple[int, int, str]]) -> None:
@@ -191,5 +255,5 @@ def _append_rejects(out_dir: Path, failures: Sequence[tuple[int, int, str]]) -> 
 def embed_files(paths: Sequence[str | os.PathLike], extractor: Extractor,
                 image_size: int = 224) -> np.ndarray:
     """Embed image files that are not in the catalogue (a user's photo, a query)."""
-    pixels = np.stack([decode_image(Path(p).read_bytes(), image_size) for p in paths])
-    return extractor(pixels.astype(np.float32) / 255.0)
+    # Same decode and scaling as embed_catalogue: the same picture gets the same vector.
+    return extractor(to_float([decode_image(Path(p).read_bytes(), image_size) for p in paths]))

@@ -70,6 +70,13 @@ def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
     return np.asarray(img)
 
 
-def to_float(batch: np.ndarray) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]`` -> float32 in [0, 1], the models' input convention."""
-    return batch.astype(np.float32) * (1.0 / 255.0)
+def to_float(images: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]`` (or a list of ``[H, W, 3]``) -> float32 in [0, 1], the
+    models' input convention, in one pass.
+
+    ``astype(float32) / 255`` makes two passes and two fresh arrays (38 MB per
+    batch of 64 at 224 px): that cost as much CPU as the JPEG decode itself.
+    """
+    u8 = np.stack(images) if isinstance(images, list) else np.asarray(images)
+    out = np.empty(u8.shape, np.float32)
+    return np.multiply(u8, np.float32(1 / 255), out=out)

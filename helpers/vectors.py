@@ -40,6 +40,12 @@ def encode_item_ids(product_ids: np.ndarray, image_index: np.ndarray) -> np.ndar
     return np.where(image_index < 0, product_ids, product_ids * IMAGE_ID_BASE + image_index)
 
 
+def read_meta(folder: str | os.PathLike) -> dict | None:
+    """A store's meta.json (finished or not), or None if there is none."""
+    path = Path(folder) / META
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def _write_meta(folder: Path, meta: dict) -> None:
     tmp = folder / (META + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, default=str))
@@ -57,7 +63,7 @@ class VectorWriter:
                  resume: bool = True) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        old = self._read_meta() if resume else None
+        old = read_meta(self.folder) if resume else None
         if old is not None:
             if old.get("complete"):
                 raise VectorStoreError(f"{self.folder} is already complete; "
@@ -76,12 +82,12 @@ class VectorWriter:
         n = self.meta["count"]
         # Drop a half-written tail from a kill between data and meta writes.
         for name, width in ((VECTORS, 4 * dim), (IDS, 16)):
+            size = (self.folder / name).stat().st_size
+            if size < n * width:  # truncate() would pad with zeros: silent zero vectors
+                raise VectorStoreError(f"{self.folder / name} has {size} bytes, fewer than the "
+                                       f"{n} rows meta.json counts; delete the store to rebuild")
             with open(self.folder / name, "r+b") as f:
                 f.truncate(n * width)
-
-    def _read_meta(self) -> dict | None:
-        path = self.folder / META
-        return json.loads(path.read_text()) if path.exists() else None
 
     @property
     def count(self) -> int:

@@ -50,7 +50,8 @@ class Workspace:
                 image_size: int = 224, level: str = "product", **kw) -> VectorStore:
         """The vector store for this extractor and settings: embedded once, then reused."""
         folder = self.vectors_dir(extractor.name, extractor.backend, image_size, level)
+        # Derived data: a store made from another catalogue or settings is rebuilt.
         store = embed_catalogue(df, bson_path, extractor, folder, image_size=image_size,
-                                level=level, **kw)
+                                level=level, rebuild_stale=True, **kw)
         print(store)
         return store
