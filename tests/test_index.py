@@ -4,6 +4,7 @@ filter, search_by_id, add/remove, save/load, and the errors for bad input."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -195,6 +196,11 @@ def test_save_load_round_trip(name, data, tmp_path):
     assert meta["params"] == dict(index.params) and meta["build_params"] == index.build_params
     assert (path / "ids.npy").is_file() and (path / "categories.npy").is_file()
     assert (path / meta["files"]["engine"]).is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in path.iterdir():  # readable by a server running as another user, as umask allows
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
+    assert not list(path.glob(".*.tmp"))
 
     loaded = load_index(path, expect_source={"model": "resnet50"})
     assert type(loaded) is type(index) and len(loaded) == N and loaded.params == index.params

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -317,13 +317,14 @@ def check_source(
 def atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
     """write(tmp) then rename over `target`: readers (other processes, mmaps) keep the old
     file's inode, and a crash never leaves a half-written file under the final name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
+    # A fresh name, not mkstemp: the writer creates the file, with the umask's permissions
+    # (mkstemp's 0600 would hide the index from a server running as another user).
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -343,8 +344,9 @@ class LocalIndex(ABC):
     """Ids, categories, validation and save/load around an in-process engine.
 
     Subclasses implement `_build`, `_search`, `_vectors` and the engine file I/O;
-    `_add` / `_remove` raise NotSupportedError where the engine cannot.
-    Rows: position i of `self.ids` is engine row i (exact, Annoy) or the item's id (FAISS).
+    `_add` / `_remove` raise NotSupportedError where the engine cannot. Row i of `self.ids`
+    and `self.categories` is the i-th item added (removals compact); exact and Annoy use it
+    as their row number, FAISS stores the product ids themselves.
     """
 
     method: ClassVar[str]
@@ -388,7 +390,9 @@ class LocalIndex(ABC):
         params: the engine's build parameters and initial search knobs.
         """
         v = np.asarray(vectors)
-        if v.ndim != 2 or v.shape[0] == 0:
+        if v.ndim != 2:
+            raise DimensionError(f"vectors must be 2-D [n, d], got shape {v.shape}")
+        if v.shape[0] == 0:
             raise EmptyIndexError(f"cannot build an index from zero vectors (shape {v.shape})")
         if v.shape[1] == 0:
             raise DimensionError("vectors have dimension 0")

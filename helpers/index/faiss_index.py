@@ -22,7 +22,11 @@ Ids: IVF indexes store product ids themselves (add_with_ids); other types are wr
 IndexIDMap2. Category filter: an IDSelectorBatch of the matching ids, passed in the search
 parameters, so the engine only ever returns matching items (no post-filtering). When the
 filter leaves fewer than k results (IVF lists or HNSW beams with too few matches) the
-search is retried on those queries with nprobe / efSearch / k_factor x4, up to a full scan.
+search is retried on those queries with nprobe / efSearch x4, up to a full scan.
+
+Threads: a batch of queries runs on every core (OpenMP; faiss.omp_set_num_threads to
+change). On a machine shared with other busy processes set OMP_WAIT_POLICY=PASSIVE before
+FAISS loads: spinning OpenMP threads otherwise make short searches up to 10x slower.
 """
 
 from __future__ import annotations
@@ -146,6 +150,11 @@ class FaissIndex(LocalIndex):
             if hnsw is None:
                 raise IndexInputError(f"efConstruction applies to HNSW, not {factory!r}")
             hnsw.hnsw.efConstruction = int(efConstruction)
+        for layer in _layers(index):
+            if isinstance(layer, faiss.IndexIVFPQ | faiss.IndexPQ):
+                # The factory turns on polysemous training for PQ (an annealing that takes
+                # 5x the k-means time); it only serves Hamming pre-filtering, unused here.
+                layer.do_polysemous_training = False
         if not index.is_trained:
             _train(index, vectors, factory, train_size, seed)
         ivf = _ivf(index)
