@@ -3,7 +3,6 @@
     python bench/bench_embed.py                  # built-in sample (1000 products, 1642 images)
     python bench/bench_embed.py --data real      # the real Kaggle sample (82 / 110): noisier
     python bench/bench_embed.py --no-tf          # skip the TensorFlow parts (b, d)
-    python bench/bench_embed.py --no-spin        # onnxruntime threads sleep when idle
 
 (a) images/s of ``embed_catalogue`` end to end (BSON read, decode + resize on the
     thread pool, model, store writes) vs the ONNX forward pass alone over the same
@@ -50,9 +49,13 @@ STYLE_IMAGES = 64
 
 def decoded_batches(df, bson_path: Path, size: int, batch: int) -> list[np.ndarray]:
     """The pipeline's own batches, kept as uint8 (1642 x 224^2 x 3 floats would be 1 GB)."""
+    buffers = embed._BufferPool(2, (batch + 8, size, size, 3))
+    out = []
     with ThreadPoolExecutor(2) as pool:
-        return [np.rint(b.pixels * 255).astype(np.uint8)
-                for b in embed._batches(df, bson_path, 0, size, batch, pool)]
+        for b in embed._batches(df, bson_path, 0, size, batch, pool, buffers):
+            out.append(np.rint(b.pixels * 255).astype(np.uint8))
+            buffers.put(b.buffer)
+    return out
 
 
 def cpu_seconds() -> float:
@@ -132,24 +135,6 @@ def compare(extractor, df, bson_path: Path, size: int, args, tmp: Path) -> dict:
             "p10": precision_at_10(vecs, by_product.loc[pids].to_numpy(np.int64))}
 
 
-def no_spinning(extractor) -> None:
-    """Rebuild the ONNX session with idle intra-op threads that sleep, not spin.
-
-    Spinning threads burn the cores the decode threads need (see the report);
-    this tries the setting without changing the library.
-    """
-    import onnxruntime as ort
-
-    old = extractor.session.get_session_options()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = old.intra_op_num_threads
-    options.inter_op_num_threads = old.inter_op_num_threads
-    options.graph_optimization_level = old.graph_optimization_level
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    extractor.session = ort.InferenceSession(str(extractor.path), options,
-                                             providers=["CPUExecutionProvider"])
-
-
 def precision_at_10(vectors: np.ndarray, categories: np.ndarray, k: int = 10) -> float:
     """Exact cosine search with numpy: all products against all, self excluded."""
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -199,8 +184,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=400, help="images per timed pair")
     parser.add_argument("--no-tf", action="store_true")
-    parser.add_argument("--no-spin", action="store_true",
-                        help="onnxruntime threads sleep instead of spinning when idle")
     parser.add_argument("--tf-worker", nargs=2, metavar=("IMAGES", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tf_worker:
@@ -220,13 +203,11 @@ def main() -> None:
         df = load_catalogue(tmp / "catalogue")
         n_images = int(df["n_images"].sum())
         onnx = hm.load_extractor("onnx")
-        if args.no_spin:
-            no_spinning(onnx)
         threads = onnx.session.get_session_options().intra_op_num_threads
         print(f"data: {args.data} ({bson_path.name}): {len(df)} products, {n_images} images, "
               f"{df['category_id'].nunique()} categories; {os.cpu_count()} CPUs; batch "
-              f"{args.batch}; ONNX intra-op threads {threads}"
-              f"{' (no spinning)' if args.no_spin else ''}; {args.rounds} rounds")
+              f"{args.batch}; ONNX intra-op threads {threads} (idle threads sleep); "
+              f"{args.rounds} rounds")
 
         res, tf_batches = {}, None
         for size in args.sizes:

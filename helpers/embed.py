@@ -41,6 +41,31 @@ class _Batch:
     image_index: np.ndarray
     next_row: int  # catalogue row after this batch's last product
     failures: list[tuple[int, int, str]] = field(default_factory=list)
+    buffer: np.ndarray | None = None  # the pooled array ``pixels`` views, to give back
+
+
+class _BufferPool:
+    """Reusable float32 batch arrays.
+
+    A fresh 40 MB array per batch costs more in page faults (first touch of new
+    memory) than decoding its JPEGs; a few arrays cycled between the reader and
+    the model cost nothing after the first round. ``get`` blocks while all are in use.
+    """
+
+    def __init__(self, count: int, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.free: queue.Queue = queue.Queue()
+        for _ in range(count):
+            self.free.put(np.empty(shape, np.float32))
+
+    def get(self, n: int) -> np.ndarray:
+        if n > self.shape[0]:  # a product with many pictures: a one-off array
+            return np.empty((n, *self.shape[1:]), np.float32)
+        return self.free.get()
+
+    def put(self, buf: np.ndarray | None) -> None:
+        if buf is not None and buf.shape == self.shape:
+            self.free.put(buf)
 
 
 def _decode(args: tuple[bytes, int]) -> np.ndarray | str:
@@ -54,7 +79,7 @@ def _decode(args: tuple[bytes, int]) -> np.ndarray | str:
 
 
 def _batches(df: pd.DataFrame, bson_path: Path, start: int, image_size: int, batch_size: int,
-             pool: ThreadPoolExecutor) -> Iterator[_Batch]:
+             pool: ThreadPoolExecutor, buffers: _BufferPool) -> Iterator[_Batch]:
     """Whole products, about ``batch_size`` images per batch, in catalogue order."""
     pids, offs = df["product_id"].to_numpy(), df["offset"].to_numpy()
     lens, bads = df["length"].to_numpy(), df["bad_images"].to_numpy()
@@ -72,10 +97,11 @@ def _batches(df: pd.DataFrame, bson_path: Path, start: int, image_size: int, bat
             results = list(pool.map(_decode, jobs))
             ok = [j for j, r in enumerate(results) if not isinstance(r, str)]
             failures = [(*owners[j], r) for j, r in enumerate(results) if isinstance(r, str)]
-            pixels = (to_float([results[j] for j in ok])
-                      if ok else np.zeros((0, image_size, image_size, 3), np.float32))
-            yield _Batch(pixels, np.array([owners[j][0] for j in ok], np.int64),
-                         np.array([owners[j][1] for j in ok], np.int64), row, failures)
+            buf = buffers.get(len(ok))
+            for i, j in enumerate(ok):  # uint8 -> [0, 1] float32, as images.to_float does
+                np.multiply(results[j], np.float32(1 / 255), out=buf[i])
+            yield _Batch(buf[: len(ok)], np.array([owners[j][0] for j in ok], np.int64),
+                         np.array([owners[j][1] for j in ok], np.int64), row, failures, buf)
 
 
 def _prefetch(it: Iterator[_Batch], depth: int = 2) -> Iterator[_Batch]:
@@ -201,10 +227,14 @@ def embed_catalogue(
                disable=not progress)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(decode_threads) as pool:
-        feed = _prefetch(_batches(catalogue, bson_path, start, image_size, batch_size, pool))
+        # depth 2 queued + 1 being filled + 1 at the model: 4 arrays in flight at most
+        buffers = _BufferPool(5, (batch_size + 8, image_size, image_size, 3))
+        feed = _prefetch(_batches(catalogue, bson_path, start, image_size, batch_size, pool,
+                                  buffers))
         try:
             for b in feed:
                 _write_batch(writer, out_dir, level, b, extractor)
+                buffers.put(b.buffer)
                 bar.update(len(b.pixels) + len(b.failures))
         finally:
             feed.close()  # stop and join the reader now, even on an error or Ctrl-C

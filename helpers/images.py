@@ -63,10 +63,14 @@ def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"undecodable image: {exc}") from exc
+    if size is not None and img.size != (size, size):
+        if img.mode not in ("RGB", "L"):
+            img = img.convert("RGB")  # CMYK, palette...: resample in RGB
+        # A greyscale picture is resized before it becomes RGB: a third of the work,
+        # the same pixels.
+        img = img.resize((size, size), Image.BILINEAR)
     if img.mode != "RGB":
         img = img.convert("RGB")  # greyscale, CMYK, palette -> RGB
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
     return np.asarray(img)
 
 

@@ -158,6 +158,9 @@ def make_session(
     options.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1  # a straight chain: no parallel branches to run
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle worker threads sleep instead of spinning: the embedding pipeline decodes
+    # JPEGs on the same cores between model calls, and spinning threads starve it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
