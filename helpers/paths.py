@@ -8,7 +8,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 SAMPLE_BSON = SAMPLE_DIR / "fashion_sample.bson"
-SAMPLE_CATEGORIES = SAMPLE_DIR / "category_names.csv"
+SAMPLE_CATEGORIES = SAMPLE_DIR / "fashion_sample_categories.csv"
 # The real Kaggle sample, kept beside the project (never copied into it).
 CDISCOUNT_DIR = Path(os.environ.get("CDISCOUNT_DIR", REPO_ROOT.parent / "shared/data/cdiscount"))
 RUNS_DIR = REPO_ROOT / "runs"

@@ -4,7 +4,7 @@ Fashion-MNIST (Zalando, MIT licence) holds 70,000 real product photos of ten
 clothing categories, 28x28 greyscale. Debian ships it (``dataset-fashion-mnist``).
 This module turns it into the Cdiscount layout so every notebook runs on any
 machine: one BSON document per product ``{_id, category_id, imgs: [{picture}]}``,
-180x180 JPEGs, and a ``category_names.csv`` with three French levels.
+180x180 JPEGs, and a category CSV in ``category_names.csv``'s format (three French levels).
 
 A Cdiscount product has 1 to 4 photos of the same item; Fashion-MNIST has one,
 so the extra pictures of a product are views of that photo (mirror, small
@@ -103,7 +103,7 @@ def make_sample(
     root: str | os.PathLike = FASHION_DIR,
     name: str = "fashion_sample",
 ) -> tuple[Path, Path]:
-    """Write ``<name>.bson`` and ``category_names.csv`` to ``out_dir``.
+    """Write ``<name>.bson`` and ``<name>_categories.csv`` to ``out_dir``.
 
     per_category: products per category (10 categories); ``None`` takes all
         70,000 photos (about 300 MB: for benchmarks, not for git).
@@ -135,7 +135,7 @@ def make_sample(
                    "category_id": CATEGORY_BASE + int(labels[idx])}
             f.write(bson.encode(doc))
     os.replace(tmp, bson_path)
-    csv_path = out_dir / "category_names.csv"
+    csv_path = out_dir / f"{name}_categories.csv"
     pd.DataFrame(
         [(CATEGORY_BASE + i, *names) for i, names in enumerate(CATEGORIES)],
         columns=["category_id", "category_level1", "category_level2", "category_level3"],
