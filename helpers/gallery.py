@@ -160,16 +160,10 @@ class Gallery:
         title = self.title if hits else f"{self.title} (no neighbour to show)"
         return neighbours_figure(self.images, Hit(int(product_id)), hits, title)
 
-    def show(self, interactive: bool = True) -> None:
-        """Display the widget (``interactive``) or one static grid per query."""
-        from IPython.display import display
-
-        if not interactive:
-            for pid in self.queries:
-                display(self.figure(pid))
-                plt.close("all")
-            return
+    def widget(self):
+        """The live view: a query dropdown and a k slider above the grid (ipywidgets)."""
         import ipywidgets as w
+        from IPython.display import display
 
         pick = w.Dropdown(options=self.queries, description="query")
         k = w.IntSlider(value=self.k, min=1, max=20, description="k")
@@ -184,4 +178,15 @@ class Gallery:
         pick.observe(redraw, "value")
         k.observe(redraw, "value")
         redraw()
-        display(w.VBox([w.HBox([pick, k]), out]))
+        return w.VBox([w.HBox([pick, k]), out])
+
+    def show(self, interactive: bool = True) -> None:
+        """Display the widget (``interactive``) or one static grid per query."""
+        from IPython.display import display
+
+        if interactive:
+            display(self.widget())
+            return
+        for pid in self.queries:
+            display(self.figure(pid))
+            plt.close("all")
