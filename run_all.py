@@ -52,7 +52,12 @@ def parse_value(text: str) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    bson_path, categories = resolve_data(args.bson, args.categories)
+    try:
+        bson_path, categories = resolve_data(args.bson, args.categories)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if categories is not None and not categories.is_file():
+        raise SystemExit(f"error: category file not found: {categories}")
     name = args.name or ("sample" if args.bson is None else Path(bson_path).stem)
     run_dir = (args.out or RUNS_DIR) / name
     run_dir.mkdir(parents=True, exist_ok=True)

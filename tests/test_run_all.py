@@ -84,3 +84,8 @@ def test_notebooks_01_to_04_on_real_sample(cdiscount_bson, cdiscount_categories,
     assert "NotSupportedError" in text and "pss_kb" in text and pngs >= 6
     summary = (run / "summary.md").read_text()
     assert summary.count("| ok |") == 4
+
+
+def test_missing_data_is_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="BSON file not found: .*nope.bson"):
+        run_all.main(["--bson", str(tmp_path / "nope.bson"), "--out", str(tmp_path)])
