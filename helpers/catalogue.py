@@ -439,6 +439,12 @@ def load_rejects(out_dir: str | os.PathLike) -> pd.DataFrame:
                                                        "image_index": "Int64"})
 
 
+def categories_of(df: pd.DataFrame, product_ids: np.ndarray) -> np.ndarray:
+    """The category id of each product in ``product_ids`` (int64, in that order)."""
+    return df.set_index("product_id").loc[np.asarray(product_ids).ravel(), "category_id"] \
+        .to_numpy(np.int64).reshape(np.shape(product_ids))
+
+
 def category_counts(df: pd.DataFrame, level: str = "category_level3") -> pd.DataFrame:
     """Products and images per category, largest first."""
     keys = ["category_id", *LEVELS] if level == "category_level3" else [level]

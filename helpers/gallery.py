@@ -86,13 +86,23 @@ def product_grid(
     return fig
 
 
+def to_hits(result, row: int = 0) -> list[Hit]:
+    """One query's row of a ``SearchResult`` as gallery hits (empty slots, id -1, dropped)."""
+    return [Hit(int(i), float(s)) for i, s in zip(result.ids[row], result.scores[row],
+                                                   strict=True) if i >= 0]
+
+
 def neighbours_figure(
-    images: ProductImages, query: Hit | np.ndarray, hits: Sequence[Hit], title: str | None = None
+    images: ProductImages, query: Hit | np.ndarray | str | os.PathLike, hits: Sequence[Hit],
+    title: str | None = None,
 ) -> plt.Figure:
     """The query (framed in red) then its neighbours with id, category and score.
 
-    ``query`` is a catalogue product (a ``Hit``) or a picture from elsewhere (an RGB array).
+    ``query`` is a catalogue product (a ``Hit``), or a picture from elsewhere: an RGB
+    array or an image file.
     """
+    if isinstance(query, str | os.PathLike):
+        query = decode_image(Path(query).read_bytes())
     tiles = [query, *hits]
     fig, axes = plt.subplots(1, len(tiles), figsize=(2.0 * len(tiles), 2.6), squeeze=False)
     for j, (ax, h) in enumerate(zip(axes[0], tiles, strict=True)):
@@ -134,9 +144,7 @@ def searcher(index, catalogue: pd.DataFrame | None = None,
             k = min(k, sizes[category] - 1)  # a small category has fewer than k others
             if k < 1:
                 return []
-        res = index.search_by_id(product_id, k, category=category)
-        return [Hit(int(i), float(s)) for i, s in zip(res.ids[0], res.scores[0], strict=True)
-                if i >= 0]
+        return to_hits(index.search_by_id(product_id, k, category=category))
 
     return search
 
