@@ -5,7 +5,21 @@ import time
 import numpy as np
 import pytest
 
-from helpers.metrics import measure_qps, precision_at_k, recall_at_k
+from helpers.ids import encode
+from helpers.metrics import (
+    category_precision,
+    drop_self,
+    expected_hits,
+    hit_rate,
+    latency_ms,
+    measure_qps,
+    multi_item_products,
+    pareto_frontier,
+    precision_at_k,
+    recall_at_k,
+    reciprocal_rank,
+    same_product_retrieval,
+)
 
 
 def test_recall_at_k():
@@ -49,3 +63,103 @@ def test_measure_qps():
     qps = measure_qps(search, np.zeros((50, 4)), repeat=2, warmup=1)
     assert calls == [50, 50, 50]
     assert 1000 < qps <= 5000  # 50 queries in >= 10 ms
+
+
+# -- retrieval metrics of 06_compare, on hand-computed cases -----------------------------------
+
+def test_drop_self_shifts_and_pads():
+    ids = np.array([[5, 1, 2], [1, 5, 3], [7, 8, 9]])
+    scores = np.array([[1.0, 0.8, 0.7], [0.9, 0.9, 0.1], [0.5, 0.4, 0.3]])
+    got_ids, got_scores = drop_self(ids, scores, [5, 5, 6])
+    assert got_ids.tolist() == [[1, 2, -1], [1, 3, -1], [7, 8, 9]]  # 6 absent: row unchanged
+    assert got_scores[0].tolist() == [0.8, 0.7, -np.inf]
+    assert got_scores[1].tolist() == pytest.approx([0.9, 0.1, -np.inf])
+
+
+def test_ties_are_averaged_over_orders():
+    # One relevant result tied with an irrelevant one at rank 1: half the time first.
+    rel, sc = [[False, True, False]], [[0.9, 0.9, 0.5]]
+    assert hit_rate(rel, sc, 1) == pytest.approx([0.5])
+    assert hit_rate(rel, sc, 2) == pytest.approx([1.0])
+    assert reciprocal_rank(rel, sc) == pytest.approx([(1 + 1 / 2) / 2])
+    assert expected_hits(rel, sc, 1) == pytest.approx([0.5])
+    # Three-way tie, one relevant, two slots above the cut: 1 - C(2,2)/C(3,2) = 2/3.
+    rel3, sc3 = [[False, False, True]], [[0.7, 0.7, 0.7]]
+    assert hit_rate(rel3, sc3, 2) == pytest.approx([2 / 3])
+    assert reciprocal_rank(rel3, sc3) == pytest.approx([(1 + 1 / 2 + 1 / 3) / 3])
+    assert expected_hits(rel3, sc3, 2) == pytest.approx([2 / 3])
+    # Two relevant of three tied: first relevant at rank 1 w.p. 2/3, at rank 2 w.p. 1/3.
+    assert reciprocal_rank([[True, True, False]], sc3) == pytest.approx([2 / 3 + 1 / 3 / 2])
+    # No ties: plain values; no relevant result: 0.
+    assert reciprocal_rank([[False, False, True]], [[3, 2, 1]]) == pytest.approx([1 / 3])
+    assert reciprocal_rank([[False, False]], [[2, 1]]) == pytest.approx([0.0])
+    with pytest.raises(ValueError, match="best first"):
+        hit_rate([[True, False]], [[0.1, 0.9]], 1)
+
+
+def _catalogue():
+    # items 1-4 in category 10, items 5-6 in category 20, item 7 alone in category 30.
+    items = np.arange(1, 8)
+    cats = np.array([10, 10, 10, 10, 20, 20, 30])
+    return items, cats
+
+
+def test_category_precision_ties_chance_and_query_excluded():
+    items, cats = _catalogue()
+    # Query 1 found itself first (dropped), then 2 (same), then 5 and 3 tied at the cut.
+    ids = np.array([[1, 2, 5, 3]])
+    scores = np.array([[1.0, 0.9, 0.8, 0.8]])
+    ids, scores = drop_self(ids, scores, [1])
+    t = category_precision(ids, scores, [1], items, cats, k=2)
+    # rank 1: item 2 (hit); rank 2: 5 or 3 with equal chance -> 1 + 1/2 hits of 2
+    assert t["precision"].tolist() == pytest.approx([0.75])
+    assert t["chance"].tolist() == pytest.approx([3 / 6])  # 3 others in 10, 6 other items
+    assert t["ceiling"].tolist() == pytest.approx([1.0])
+
+
+def test_category_precision_small_category_and_lonely_query():
+    items, cats = _catalogue()
+    # Query 5: its category has one other item (6) for k=3; query 7 is alone in its category.
+    ids = np.array([[6, 1, 2], [1, 2, 3]])
+    scores = np.array([[0.9, 0.5, 0.4], [0.9, 0.8, 0.7]])
+    t = category_precision(ids, scores, [5, 7], items, cats, k=3)
+    assert t["query_id"].tolist() == [5]  # 7: nothing to find, left out
+    assert t["precision"].tolist() == pytest.approx([1 / 3])
+    assert t["ceiling"].tolist() == pytest.approx([1 / 3])  # the best possible here
+    assert t["chance"].tolist() == pytest.approx([1 / 6])
+    # Padding (-1) is a miss, never a hit.
+    t = category_precision(np.array([[6, -1, -1]]), np.array([[0.9, -np.inf, -np.inf]]),
+                           [5], items, cats, k=3)
+    assert t["precision"].tolist() == pytest.approx([1 / 3])
+
+
+def test_same_product_single_picture_products_are_not_queries():
+    # Product 100: 3 pictures; product 200: 2; product 300: 1 picture only.
+    items = encode([100, 100, 100, 200, 200, 300], [0, 1, 2, 0, 1, 0])
+    assert multi_item_products(items).tolist() == [100, 200]
+    queries = items  # every picture asked, itself among its results
+    res_ids = np.array([
+        [items[0], items[3], items[1], items[2]],  # 100/0: other picture at rank 2
+        [items[1], items[0], items[3], items[5]],  # 100/1: rank 1
+        [items[2], items[5], items[4], items[3]],  # 100/2: none of 100 in the list
+        [items[3], items[4], items[0], items[1]],  # 200/0: rank 1
+        [items[4], items[0], items[3], items[1]],  # 200/1: rank 2, tied with rank 1
+        [items[5], items[0], items[1], items[2]],  # 300/0: no other picture: not a query
+    ])
+    res_scores = np.array([[1, .9, .8, .7], [1, .9, .8, .7], [1, .9, .8, .7],
+                           [1, .9, .8, .7], [1, .9, .9, .7], [1, .9, .8, .7]])
+    ids, scores = drop_self(res_ids, res_scores, queries)
+    t = same_product_retrieval(ids, scores, queries, items, ks=(1, 2))
+    assert t["product_id"].tolist() == [100, 100, 100, 200, 200]
+    assert t["hit@1"].tolist() == pytest.approx([0, 1, 0, 1, 0.5])
+    assert t["hit@2"].tolist() == pytest.approx([1, 1, 0, 1, 1])
+    assert t["rr"].tolist() == pytest.approx([1 / 2, 1, 0, 1, (1 + 1 / 2) / 2])
+
+
+def test_latency_and_pareto():
+    lat = latency_ms(lambda q: time.sleep(0.002), np.zeros((5, 3)), warmup=1)
+    assert set(lat) == {"p50", "p99"} and lat["p99"] >= lat["p50"] > 0
+    recall = [0.5, 0.8, 0.7, 0.95, 1.0]
+    qps = [1000, 800, 500, 100, 120]
+    # (0.7, 500) is beaten by (0.8, 800); (0.95, 100) by (1.0, 120)
+    assert pareto_frontier(recall, qps).tolist() == [0, 1, 4]
