@@ -1,46 +1,52 @@
 """Pretrained CNNs for visual product search, loaded fully offline.
 
 * :func:`load_extractor` - MobileNetV2 (torchvision ImageNet weights) 1280-d image
-  embeddings, through onnxruntime (``backend="onnx"``, no TensorFlow needed) or a
-  TF-Hub style SavedModel via ``tensorflow_hub.KerasLayer`` (``backend="tf"``). The
-  two agree to ~1e-5.
+  embeddings, from the backend named in :data:`BACKENDS`: ``"onnx"`` (onnxruntime fp32,
+  no TensorFlow), ``"tf"`` (a TF-Hub style SavedModel via ``tensorflow_hub.KerasLayer``).
 * :func:`load_classifier` - the same network with its ImageNet head, to sanity-check
   the weights (``top_k`` on a photo of a cat should say "tabby").
 * :func:`load_style_extractor` - VGG16 Gram-matrix style embeddings.
 
-Every extractor maps float32 RGB [N, H, W, 3] in [0, 1] to float32 [N, dim] and has
-``.name``, ``.dim``, ``.backend`` and ``.meta()``. Built artifacts are cached under
-:func:`default_cache_dir` (``$VPS_MODEL_DIR`` or ``~/.cache/visual-product-search/models``).
-Weights come from two pip packages (see :mod:`helpers.models.weights`); nothing is
-downloaded at run time. TensorFlow is imported only when a TF model is requested.
+Every extractor maps RGB [N, H, W, 3], float in [0, 1] or uint8, to float32 [N, dim],
+and has ``.name``, ``.dim``, ``.backend``, ``.precision``, ``.input_spec`` (the input
+dtype it takes for free, see :class:`InputSpec`) and ``.meta()`` (what made the vectors,
+backend and precision included: the vector store's ``made_by``). Built artifacts are
+cached under :func:`default_cache_dir` (``$VPS_MODEL_DIR`` or
+``~/.cache/visual-product-search/models``). Weights come from two pip packages (see
+:mod:`helpers.models.weights`), checked by sha256; nothing is downloaded at run time.
+
+Adding a backend: a module here with a :class:`FeatureExtractor` subclass whose
+constructor takes ``(model_handle=None, *, cache_dir, intra_op_threads, batch_size,
+**options)``, and one line in :data:`BACKENDS`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from .base import FeatureExtractor, InputSpec, as_model_input, check_batch
 from .cache import default_cache_dir
-from .extractors import (
-    FeatureExtractor,
-    ImageNetClassifier,
-    OnnxFeatureExtractor,
-    TFHubFeatureExtractor,
-    check_batch,
-    imagenet_classes,
-    prepare_images,
-)
+from .extractors import ImageNetClassifier, imagenet_classes, prepare_images
+from .registry import Registry
 from .style import DEFAULT_STYLE_LAYERS, StyleExtractor
 from .weights import WeightsNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .onnx_backend import OnnxFeatureExtractor
+    from .tf_backend import TFHubFeatureExtractor
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_STYLE_LAYERS",
     "FeatureExtractor",
     "ImageNetClassifier",
+    "InputSpec",
     "OnnxFeatureExtractor",
     "StyleExtractor",
     "TFHubFeatureExtractor",
     "WeightsNotFoundError",
+    "as_model_input",
     "check_batch",
     "default_cache_dir",
     "imagenet_classes",
@@ -50,7 +56,15 @@ __all__ = [
     "prepare_images",
 ]
 
-BACKENDS = ("onnx", "tf")
+# name -> extractor class, imported on first use. A new backend is one line here.
+BACKENDS = Registry(
+    "extractor backend",
+    {
+        "onnx": "helpers.models.onnx_backend:OnnxFeatureExtractor",
+        "tf": "helpers.models.tf_backend:TFHubFeatureExtractor",
+    },
+)
+_CLASSES = {"OnnxFeatureExtractor": "onnx", "TFHubFeatureExtractor": "tf"}
 
 
 def load_extractor(
@@ -60,25 +74,26 @@ def load_extractor(
     cache_dir: str | Path | None = None,
     intra_op_threads: int | None = None,
     batch_size: int = 32,
+    **options: Any,
 ) -> FeatureExtractor:
-    """A MobileNetV2 image-embedding extractor (dim 1280).
+    """A MobileNetV2 image-embedding extractor (dim 1280) from backend ``backend``.
 
-    backend: ``"onnx"`` (onnxruntime, CPU; ``intra_op_threads`` defaults to the CPU
-        count) or ``"tf"`` (``tensorflow_hub.KerasLayer`` on the cached SavedModel).
+    backend: a name in :data:`BACKENDS`: ``"onnx"`` (onnxruntime fp32, CPU) or ``"tf"``
+        (``tensorflow_hub.KerasLayer`` on the cached SavedModel).
     model_handle: TF only - a TF-Hub URL (needs internet), e.g.
         ``https://tfhub.dev/google/imagenet/mobilenet_v2_140_224/feature_vector/4``,
         or a SavedModel directory, instead of the local torchvision weights.
     cache_dir: where built models are cached (default :func:`default_cache_dir`);
         the first call builds them (ONNX < 1 s, SavedModel ~ 10 s), later calls reuse.
+    intra_op_threads: threads of one forward pass (default: the CPU count).
     batch_size: images per forward pass when called on a larger batch.
+    options: the backend's own settings (see its class).
     """
-    if backend == "onnx":
-        if model_handle is not None:
-            raise ValueError("model_handle is only supported by backend='tf'")
-        return OnnxFeatureExtractor(cache_dir, intra_op_threads, batch_size)
-    if backend == "tf":
-        return TFHubFeatureExtractor(model_handle, cache_dir, batch_size)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {tuple(BACKENDS)}")
+    return BACKENDS[backend](model_handle, cache_dir=cache_dir,
+                             intra_op_threads=intra_op_threads, batch_size=batch_size,
+                             **options)
 
 
 def load_classifier(
@@ -86,11 +101,12 @@ def load_classifier(
     *,
     cache_dir: str | Path | None = None,
     intra_op_threads: int | None = None,
+    **options: Any,
 ) -> ImageNetClassifier:
-    """MobileNetV2 with its ImageNet head: ``predict_imagenet(images)``, ``top_k``."""
+    """The backend's network with its ImageNet head: ``predict_imagenet(images)``, ``top_k``."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    return ImageNetClassifier(backend, cache_dir, intra_op_threads)
+        raise ValueError(f"unknown backend {backend!r}; choose one of {tuple(BACKENDS)}")
+    return ImageNetClassifier(backend, cache_dir, intra_op_threads, **options)
 
 
 def load_style_extractor(
@@ -104,3 +120,10 @@ def load_style_extractor(
     return StyleExtractor(
         layers or DEFAULT_STYLE_LAYERS, dim_per_layer, seed, input_size, batch_size
     )
+
+
+def __getattr__(name: str) -> type:
+    # `from helpers.models import TFHubFeatureExtractor` imports its backend only then.
+    if name in _CLASSES:
+        return BACKENDS[_CLASSES[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

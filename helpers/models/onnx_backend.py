@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import cache, weights
+from . import cache, mobilenet_v2, weights
+from .base import FeatureExtractor, InputSpec
 from .mobilenet_v2 import (
     EXPORT_FORMAT,
     IMAGENET_MEAN,
@@ -31,7 +32,13 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
     import onnxruntime
 
-__all__ = ["ONNX_FILE", "build_onnx_model", "ensure_onnx_model", "make_session"]
+__all__ = [
+    "ONNX_FILE",
+    "OnnxFeatureExtractor",
+    "build_onnx_model",
+    "ensure_onnx_model",
+    "make_session",
+]
 
 ONNX_FILE = "mobilenet_v2_100_imagenet.onnx"  # beside the SavedModel directory
 OPSET = 17
@@ -168,3 +175,34 @@ def run(session: Any, output: str, batch: np.ndarray) -> np.ndarray:
     """One forward pass returning the named output as float32."""
     (result,) = session.run([output], {"images": batch})
     return np.asarray(result, dtype=np.float32)
+
+
+class OnnxFeatureExtractor(FeatureExtractor):
+    """Backend ``"onnx"``: MobileNetV2 features through onnxruntime, fp32 (no TensorFlow)."""
+
+    backend = "onnx"
+    precision = "fp32"
+    input_spec = InputSpec("float32")
+
+    def __init__(
+        self,
+        model_handle: str | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        intra_op_threads: int | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        if model_handle is not None:
+            raise ValueError("model_handle is only supported by backend='tf'")
+        self.path = ensure_onnx_model(cache_dir)
+        self.session = make_session(self.path, intra_op_threads)
+        self.name = mobilenet_v2.MODEL_NAME
+        self.dim = mobilenet_v2.FEATURE_DIM
+        self.batch_size = batch_size
+        self._meta = weights_meta()
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return run(self.session, "features", batch)
+
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        return run(self.session, "logits", batch)

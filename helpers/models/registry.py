@@ -1,0 +1,41 @@
+"""Name -> extractor class, imported on first use (as ``helpers.index.METHODS`` does).
+
+Adding a backend: one module in this package with a :class:`~helpers.models.base.FeatureExtractor`
+subclass, and one line in ``helpers.models.BACKENDS``. Nothing is imported until a
+backend is asked for, so TensorFlow or OpenVINO load only for the backend that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping
+
+
+class Registry(Mapping[str, type]):
+    """name -> class, as ``"package.module:Class"`` until first access."""
+
+    def __init__(self, kind: str, targets: dict[str, str | type]) -> None:
+        self.kind = kind
+        self._targets: dict[str, str | type] = dict(targets)
+
+    def __getitem__(self, name: str) -> type:
+        if name not in self._targets:
+            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self._targets)}")
+        target = self._targets[name]
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            target = self._targets[name] = getattr(importlib.import_module(module), attr)
+        return target
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._targets)
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {list(self._targets)})"
+
+    def register(self, name: str, target: str | type) -> None:
+        """Add an entry: a class, or "package.module:Class" to import lazily."""
+        self._targets[name] = target
