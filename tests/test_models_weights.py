@@ -262,3 +262,55 @@ def test_onnx_extractor(photos: dict[str, np.ndarray], onnx_cache: Path) -> None
     assert meta["weights"] == "mobilenet_v2-b0353104.pth"
     assert meta["weights_sha256"].startswith("b0353104")
     json.dumps(meta)  # stored beside vector stores
+
+
+# ---------------------------------------------------------------------- integrity
+
+
+def test_weights_hash_is_checked_at_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    package = weights.MOBILENET_V2_PACKAGE
+    fake = tmp_path / package.relpath
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"a damaged or substituted checkpoint")
+
+    def find_spec(name: str, *args: object) -> object:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(tmp_path)]
+        return spec
+
+    monkeypatch.setattr(weights.importlib.util, "find_spec", find_spec)
+    actual = weights.file_sha256(fake)
+    with pytest.raises(hm.WeightsHashError) as info:
+        weights.load_mobilenet_v2_state_dict()  # not only the path: any load
+    message = str(info.value)
+    assert str(fake) in message and package.sha256 in message and actual in message
+    assert weights.locate_checkpoint(package, verify=False) == fake
+
+
+def test_installed_weights_match_pinned_hashes() -> None:
+    for package in (weights.MOBILENET_V2_PACKAGE, weights.VGG16_PACKAGE):
+        path = weights.locate_checkpoint(package)
+        assert weights.file_sha256(path) == package.sha256
+    # requirements/weights.txt pins the same versions the code checks
+    text = (Path(__file__).parents[1] / "requirements" / "weights.txt").read_text()
+    for package in (weights.MOBILENET_V2_PACKAGE, weights.VGG16_PACKAGE):
+        assert f"{package.distribution}=={package.version} \\" in text
+    assert text.count("--hash=sha256:") >= 3
+
+
+def test_cached_models_are_world_readable(tmp_path: Path) -> None:
+    import os
+
+    from helpers.models import cache
+
+    old = os.umask(0o022)
+    try:
+        path = onnx_backend.ensure_onnx_model(tmp_path)
+        folder = cache.publish_dir(tmp_path / "saved", lambda d: (d / "x.pb").write_bytes(b"x"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # another user's app can load it
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (folder / "x.pb").stat().st_mode & 0o777 == 0o644

@@ -30,7 +30,7 @@ from .cache import default_cache_dir
 from .extractors import ImageNetClassifier, imagenet_classes, prepare_images
 from .registry import Registry
 from .style import DEFAULT_STYLE_LAYERS, StyleExtractor
-from .weights import WeightsNotFoundError
+from .weights import WeightsHashError, WeightsNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .onnx_backend import OnnxFeatureExtractor
@@ -45,6 +45,7 @@ __all__ = [
     "OnnxFeatureExtractor",
     "StyleExtractor",
     "TFHubFeatureExtractor",
+    "WeightsHashError",
     "WeightsNotFoundError",
     "as_model_input",
     "check_batch",

@@ -1,4 +1,10 @@
-"""Where built model artifacts (SavedModel, ONNX) are cached, and atomic writes into it."""
+"""Where built model artifacts (SavedModel, ONNX) are cached, and atomic writes into it.
+
+Cached files are shared by every user of a machine (an app's service account reads
+the notebook user's ``.onnx``), so they are published world-readable (files 0644,
+folders 0755), and fsynced before the rename so a crash never leaves a truncated
+file under the final name. (To be replaced by ``helpers.artifacts.atomic_write``.)
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from typing import Any
 __all__ = ["default_cache_dir", "publish_dir", "publish_file", "read_json"]
 
 ENV_VAR = "VPS_MODEL_DIR"
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 def default_cache_dir() -> Path:
@@ -49,6 +57,7 @@ def publish_dir(final: Path, build: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         build(tmp)
+        _share_tree(tmp)
         old = None
         if final.exists():
             old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
@@ -73,8 +82,34 @@ def publish_file(final: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp makes 0600: others could not read it
+            os.fsync(f.fileno())
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return final
+
+
+def _share_tree(root: Path) -> None:
+    """Folders 0755 and files 0644 below ``root`` (mkdtemp makes 0700)."""
+    os.chmod(root, DIR_MODE)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(folder, name), FILE_MODE)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. a platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

