@@ -1,0 +1,98 @@
+"""helpers.compare on synthetic vectors: every method measured, the table, files and advice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import compare
+from helpers.ids import encode
+
+
+class _Workspace:
+    def __init__(self, root):
+        self.root = root
+
+    def index_dir(self, name):
+        return self.root / "index" / name
+
+
+def _data(n_products=300, n_cats=6, dim=32, seed=0):
+    """Products in n_cats clustered categories; 1-3 pictures each (noisy copies)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_cats, dim)) * 3
+    cats = np.arange(n_products) % n_cats
+    base = centres[cats] + rng.normal(size=(n_products, dim))
+    n_pics = rng.integers(1, 4, n_products)
+    pids = np.repeat(np.arange(1000, 1000 + n_products), n_pics)
+    idx = np.concatenate([np.arange(c) for c in n_pics])
+    vecs = np.repeat(base, n_pics, axis=0) + 0.3 * rng.normal(size=(len(pids), dim))
+    df = pd.DataFrame({"product_id": np.arange(1000, 1000 + n_products),
+                       "category_id": 500 + cats,
+                       "category_level1": np.where(cats < 3, "A", "B"),
+                       "category_level3": [f"cat{c}" for c in cats]})
+    v = compare.Vectors("onnx-224", encode(pids, idx), vecs.astype(np.float32),
+                        *compare.product_means(encode(pids, idx), vecs.astype(np.float32)))
+    return df, v
+
+
+def test_parse_method():
+    m = compare.parse_method("onnx-180/hnsw")
+    assert (m.model, m.image_size, m.index, m.embedding) == ("onnx", 180, "hnsw", "onnx-180")
+    with pytest.raises(compare.MethodError, match="expected"):
+        compare.parse_method("hnsw")
+    with pytest.raises(compare.MethodError, match="not one of"):
+        compare.parse_method("onnx-224/kdtree")
+
+
+def test_product_means_are_means_of_unit_pictures():
+    ids = encode([7, 7, 9], [0, 1, 0])
+    v = np.array([[2.0, 0], [0, 3.0], [0, 1.0]], np.float32)
+    pids, means = compare.product_means(ids, v)
+    assert pids.tolist() == [7, 9]
+    assert means.tolist() == [[0.5, 0.5], [0.0, 1.0]]
+
+
+def test_compare_every_index_and_skip(tmp_path):
+    df, v = _data()
+    methods = ["onnx-224/exact", "onnx-224/flat", "onnx-224/ivf", "onnx-224/hnsw",
+               "onnx-224/ivfpq", "onnx-224/annoy", "onnx-224/elasticsearch", "nope-224/exact"]
+    lines = []
+
+    def vectors_of(m):
+        if m.model == "nope":
+            raise LookupError("no extractor backend 'nope'")
+        return v
+
+    run = compare.compare(_Workspace(tmp_path), df, "x.bson", methods, n_latency=20,
+                          measure_memory=False, vectors_of=vectors_of, say=lines.append)
+    t = run.table.set_index("method")
+    assert (t.loc["nope-224/exact", "status"], t.loc["onnx-224/exact", "status"]) == \
+        ("skipped", "ok")
+    assert "nope" in t.loc["nope-224/exact", "reason"]
+    ok = t[t["status"] == "ok"]
+    assert len(ok) >= 6  # elasticsearch: ok only where a node answers
+    # Clustered categories: far above chance; exact search is its own truth.
+    assert (ok["p@10"] > 3 * ok["chance@10"]).all()
+    assert ok.loc["onnx-224/exact", "recall@10"] == 1.0
+    assert ok.loc["onnx-224/flat", "recall@10"] == 1.0
+    assert ok.loc["onnx-224/exact", "hit@1"] > 0.5
+    assert (ok[["build_s", "disk_mb", "p50_ms", "p99_ms", "qps"]] > 0).all().all()
+    assert set(run.sweeps) >= {"onnx-224/ivf", "onnx-224/hnsw", "onnx-224/annoy"}
+    # one row per query product, the same queries for every method
+    assert run.results["onnx-224/exact"][0].shape == (300, 10)
+    assert not (run.results["onnx-224/exact"][0] == run.query_ids[:, None]).any()
+    worst = compare.worst_categories(run, n=3)
+    assert len(worst) == 3
+    csv, js = run.save(tmp_path / "out")
+    assert len(pd.read_csv(csv)) == len(methods)
+    doc = json.loads(js.read_text())
+    assert "chance" in doc["advice"] and doc["settings"]["n_products"] == 300
+    text = compare.advice(run.table, run.settings)
+    assert "precision@10" in text and "Not measured here: " in text and "nope-224/exact (" in text
+    for fig in (compare.plot_precision(run.table), compare.plot_recall_qps(run),
+                compare.plot_cost(run.table)):
+        assert fig.axes
