@@ -55,3 +55,17 @@ def sample_bson() -> Path:
 @pytest.fixture(scope="session")
 def sample_categories() -> Path:
     return SAMPLE_CATEGORIES
+
+
+@pytest.fixture(scope="session")
+def app_artifacts(tmp_path_factory, sample_bson, sample_categories) -> Path:
+    """What the apps serve, built once from 150 products of the built-in sample (ONNX at
+    180 px, FAISS Flat, Annoy; VGG16 style vectors when TensorFlow is installed)."""
+    import importlib.util
+
+    from helpers.serving import build_serving_artifacts
+
+    root = tmp_path_factory.mktemp("app_artifacts")
+    style = importlib.util.find_spec("tensorflow") is not None
+    return build_serving_artifacts(root, sample_bson, sample_categories, limit=150,
+                                   image_size=180, style=style)

@@ -1,0 +1,237 @@
+"""Serving artifacts and related-product queries (helpers.serving, helpers.related)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers.products import UnknownProductError
+from helpers.related import (
+    NoVectorError,
+    RecentlyViewed,
+    Related,
+    RelatedError,
+    UnknownMethodError,
+    UploadError,
+    check_upload,
+    decode_upload,
+    parse_k,
+    parse_product_id,
+)
+from helpers.serving import ArtifactMissing, load_artifacts
+
+
+@pytest.fixture(scope="module")
+def art(app_artifacts):
+    a = load_artifacts(app_artifacts)
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
+def rel(art):
+    return Related(art)
+
+
+def jpeg(size=(64, 48), color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (the pixel data is never valid)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def test_load_finds_every_built_method(art):
+    avail = art.available()
+    assert {"faiss", "annoy"} <= set(avail)
+    assert art.default_method == "faiss"
+    assert len(art.catalogue) == 150
+    # Elasticsearch is listed as unavailable with a reason, not an error at start-up.
+    assert all(why for why in art.unavailable.values())
+
+
+def test_missing_artifacts_name_the_command(tmp_path, app_artifacts):
+    with pytest.raises(ArtifactMissing, match="make demo"):
+        load_artifacts(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactMissing, match="run_all.py --only 01"):
+        load_artifacts(tmp_path / "empty")
+    # Catalogue only: no search method at all.
+    only_cat = tmp_path / "only_cat"
+    shutil.copytree(app_artifacts / "catalogue", only_cat / "catalogue")
+    with pytest.raises(ArtifactMissing, match="run_all.py --only 03"):
+        load_artifacts(only_cat)
+
+
+def test_missing_index_makes_only_that_method_unavailable(tmp_path, app_artifacts):
+    root = tmp_path / "art"
+    shutil.copytree(app_artifacts, root, ignore=shutil.ignore_patterns("annoy-*"))
+    a = load_artifacts(root)
+    assert "annoy" not in a.available() and "faiss" in a.available()
+    assert "run_all.py --only 04" in a.unavailable["annoy"]
+    with pytest.raises(UnknownMethodError, match="only 04"):
+        Related(a).related(int(a.catalogue.ids()[0]), 5, "annoy")
+    a.close()
+
+
+def test_missing_bson_is_one_clear_message(app_artifacts, tmp_path):
+    with pytest.raises(ArtifactMissing, match="VPS_BSON"):
+        load_artifacts(app_artifacts, bson_path=tmp_path / "moved.bson")
+
+
+def test_vectors_of_another_catalogue_are_skipped(tmp_path, app_artifacts, sample_bson,
+                                                  sample_categories):
+    from helpers import catalogue as cat
+
+    root = tmp_path / "art"
+    shutil.copytree(app_artifacts, root, ignore=shutil.ignore_patterns("catalogue"))
+    cat.build_catalogue(sample_bson, root / "catalogue", sample_categories, limit=40,
+                        progress=False)  # another catalogue than the vectors were made from
+    with pytest.raises(ArtifactMissing):
+        load_artifacts(root)
+
+
+# -- related ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["faiss", "annoy", "style"])
+def test_related_leaves_the_product_out_and_ranks(rel, art, method):
+    if method not in art.available():
+        pytest.skip(f"{method} not built here")
+    pid = int(art.catalogue.ids()[3])
+    hits = rel.related(pid, 8, method)
+    assert len(hits) == 8 and pid not in [h.product_id for h in hits]
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True) and all(-1.001 <= s <= 1.001 for s in scores)
+    assert len({h.product_id for h in hits}) == 8
+
+
+def test_faiss_flat_and_annoy_agree(rel, art):
+    pid = int(art.catalogue.ids()[7])
+    a = [h.product_id for h in rel.related(pid, 5, "faiss")]
+    b = [h.product_id for h in rel.related(pid, 5, "annoy")]
+    assert len(set(a) & set(b)) >= 4
+
+
+def test_category_filter(rel, art):
+    p = art.catalogue.product(int(art.catalogue.ids()[0]))
+    hits = rel.related(p.product_id, 10, "faiss", category=p.category_id)
+    assert hits
+    cats = art.catalogue.category_ids([h.product_id for h in hits])
+    assert (cats == p.category_id).all()
+    # A category with no products: nothing, not an error.
+    assert rel.related(p.product_id, 10, "faiss", category=1) == []
+
+
+def test_k_larger_than_category_gives_what_there_is(rel, art):
+    p = art.catalogue.product(int(art.catalogue.ids()[0]))
+    n_cat = int((art.catalogue.category_ids(art.catalogue.ids()) == p.category_id).sum())
+    hits = rel.related(p.product_id, 100, "faiss", category=p.category_id)
+    assert len(hits) == n_cat - 1
+
+
+def test_unknown_product_and_method(rel):
+    with pytest.raises(UnknownProductError):
+        rel.related(999_999_999, 5, "faiss")
+    with pytest.raises(UnknownMethodError, match="unknown method"):
+        rel.related(11, 5, "nope")
+
+
+def test_product_without_vector(rel, art, monkeypatch):
+    pid = int(art.catalogue.ids()[5])
+    m = rel.method("faiss")
+    monkeypatch.setattr(rel, "_product_rows", lambda store, p: np.zeros(0, np.int64))
+    with pytest.raises(NoVectorError):
+        rel.product_vector(pid, m)
+
+
+def test_recently_viewed_mean_and_merge(rel, art):
+    seen = [int(x) for x in art.catalogue.ids()[:3]]
+    for how in ("mean", "merge"):
+        hits = rel.related_to_recent(seen, 6, "faiss", how=how)
+        assert len(hits) == 6
+        assert not {h.product_id for h in hits} & set(seen)
+    # One viewed product: the mean is that product's vector.
+    one = rel.related_to_recent(seen[:1], 5, "faiss")
+    assert [h.product_id for h in one] == [h.product_id for h in rel.related(seen[0], 5)]
+    # Unknown (deleted) ids are passed over; nothing known -> nothing.
+    assert rel.related_to_recent([999_999_999], 5, "faiss") == []
+    with pytest.raises(RelatedError):
+        rel.related_to_recent(seen, 5, "faiss", how="median")
+
+
+def test_recently_viewed_list():
+    r = RecentlyViewed(3)
+    for pid in (1, 2, 3, 2, 4):
+        r.add(pid)
+    assert r.ids == [4, 2, 3]
+    assert RecentlyViewed.from_list(r.to_list(), 3).ids == [4, 2, 3]
+    assert RecentlyViewed.from_list(["x", {}]).ids == []  # an edited cookie
+    assert RecentlyViewed.from_list(None).ids == []
+
+
+def test_search_by_upload_finds_the_product(rel, art):
+    p = art.catalogue.product(int(art.catalogue.ids()[10]))
+    data = art.images.pictures(p)[p.usable_images[0]]
+    hits = rel.search_upload(data, 5, "faiss")
+    assert hits[0].product_id == p.product_id and hits[0].score > 0.9
+    # A PNG of it and a large photo (decoded in draft mode) find it too.
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    buf = io.BytesIO()
+    img.resize((1800, 1800)).save(buf, "PNG")
+    assert rel.search_upload(buf.getvalue(), 5, "annoy")[0].product_id == p.product_id
+
+
+def test_upload_with_style_is_refused(rel, art):
+    if "style" not in art.available():
+        pytest.skip("no style vectors")
+    with pytest.raises(UnknownMethodError, match="TensorFlow"):
+        rel.search_upload(jpeg(), 5, "style")
+
+
+def test_upload_checks():
+    with pytest.raises(UploadError, match="empty"):
+        check_upload(b"")
+    with pytest.raises(UploadError, match="not a picture"):
+        check_upload(b"%PDF-1.4 hello")
+    with pytest.raises(UploadError, match="limit"):
+        check_upload(jpeg(), max_bytes=10)
+    with pytest.raises(UploadError, match="pixels"):
+        check_upload(png_bomb(100_000, 100_000))  # 10 G pixels announced in 60 bytes
+    with pytest.raises(UploadError, match="pixels"):
+        check_upload(jpeg((300, 300)), max_pixels=300 * 299)
+    assert decode_upload(jpeg(), 32).shape == (32, 32, 3)
+    noisy = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)).save(
+        noisy, "JPEG")
+    with pytest.raises(UploadError, match="decode"):
+        decode_upload(noisy.getvalue()[:3000], 32)  # header intact, pixels truncated
+
+
+def test_parse_inputs():
+    assert parse_product_id(" 42 ") == 42
+    for bad in ("-1", "1e3", "abc", "", "1" * 19, "١٢"):
+        with pytest.raises(RelatedError):
+            parse_product_id(bad)
+    assert parse_k(None) == 10 and parse_k("7") == 7
+    for bad in ("0", "101", "-3", "x", "2.5", "9" * 40):
+        with pytest.raises(RelatedError):
+            parse_k(bad)
