@@ -19,6 +19,8 @@ import bson
 from bson.errors import BSONError
 
 # BSON documents are at most 16 MiB (MongoDB's limit); the smallest is 5 bytes ("{}").
+# MAX_DOC is the default of ``max_doc``: a slot whose length prefix claims more is
+# refused without being read (a bad prefix must not make the reader allocate 2 GB).
 MIN_DOC = 5
 MAX_DOC = 16 * 1024 * 1024
 CHUNK = 8 * 1024 * 1024
@@ -44,9 +46,16 @@ class Record(NamedTuple):
     error: str | None = None
 
 
-def _doc_error(buf: bytes, pos: int, length: int) -> str | None:
+# Error messages start with these words; the catalogue maps them to reject reasons.
+TRUNCATED = "truncated document"
+TOO_LARGE = "document too large"
+# BSON element type bytes (spec 1.1): what may follow a document's length prefix.
+_TYPES = frozenset([*range(0x01, 0x14), 0x7F, 0xFF])
+
+
+def _doc_error(buf: bytes, pos: int, length: int, max_doc: int = MAX_DOC) -> str | None:
     """Why the ``length`` bytes at ``buf[pos:]`` cannot be a document, or None."""
-    if length < MIN_DOC or length > MAX_DOC:
+    if length < MIN_DOC or length > max_doc:
         return f"invalid document length {length}"
     if buf[pos + length - 1] != 0:
         return "document does not end with a NUL byte"
@@ -89,6 +98,7 @@ def iter_records(
     end: int | None = None,
     decode: bool = True,
     chunk_size: int = CHUNK,
+    max_doc: int = MAX_DOC,
 ) -> Iterator[Record]:
     """Yield every document slot whose first byte lies in ``[start, end)``.
 
@@ -97,7 +107,12 @@ def iter_records(
     count and report it and lose nothing else. ``start`` must be a document
     boundary (0, or an offset from a checkpoint). With ``decode=False`` only the
     framing is checked (length prefix, trailing NUL): a fast way to count or skip.
+    max_doc: a document whose length prefix claims more bytes is refused unread
+        (error starting with ``TOO_LARGE``) and the reader carries on after it.
+    The slots tile the bytes they cover: each starts where the previous one ends.
     """
+    if max_doc < MIN_DOC:
+        raise ValueError(f"max_doc must be >= {MIN_DOC}, not {max_doc}")
     size = Path(path).stat().st_size
     end = size if end is None else min(end, size)
     unpack, dec = _INT32.unpack_from, bson.decode
@@ -112,12 +127,12 @@ def iter_records(
             while pos + 4 <= stop:
                 length = unpack(buf, pos)[0]
                 nxt = pos + length
-                if length < MIN_DOC or nxt > len(buf) or buf[nxt - 1] != 0:
+                if not MIN_DOC <= length <= max_doc or nxt > len(buf) or buf[nxt - 1] != 0:
                     break
                 if decode:
                     try:
                         doc = dec(buf[pos:nxt])
-                    except (BSONError, ValueError, OverflowError):
+                    except _DECODE_ERRORS:
                         break
                     yield Record(base + pos, length, doc)
                 else:
@@ -126,46 +141,86 @@ def iter_records(
             w.pos = pos
             if w.offset >= end:
                 return
-            yield from _careful_step(w, decode)
+            yield from _careful_step(w, decode, size, max_doc)
     finally:
         os.close(fd)
 
 
-def _careful_step(w: _Window, decode: bool) -> Iterator[Record]:
+# What bson.decode raises on bad bytes (InvalidBSON and friends; a bad UTF-8 key is a
+# ValueError, a datetime out of range an OverflowError).
+_DECODE_ERRORS = (BSONError, ValueError, OverflowError)
+
+
+def _careful_step(w: _Window, decode: bool, size: int, max_doc: int) -> Iterator[Record]:
     """Read one slot where the fast path stopped: refill, or name and skip the damage."""
     off = w.offset
     w.fill(4)
     if w.avail < 4:
         if w.avail:
+            got = w.avail
             w.pos = len(w.buf)
-            yield Record(off, w.avail, error="truncated document: file ends in its length")
+            yield Record(off, got, error=f"{TRUNCATED}: file ends in its length")
         elif w.eof:
             w.pos = len(w.buf)
         return
     (length,) = _INT32.unpack_from(w.buf, w.pos)
-    if MIN_DOC <= length <= MAX_DOC:
+    if length > max_doc and _looks_like_document(w):
+        yield _too_large(w, length, size, max_doc)
+        return
+    err = None
+    if MIN_DOC <= length <= max_doc:
         w.fill(length)
         if w.avail < length:
-            got = w.avail
-            w.pos = len(w.buf)
-            yield Record(off, got, error=f"truncated document: expects {length} bytes, "
-                                         f"file has {got}")
-            return
-    err = _doc_error(w.buf, w.pos, length)
+            err = f"{TRUNCATED}: expects {length} bytes, file has {w.avail}"
+    if err is None:
+        err = _doc_error(w.buf, w.pos, length, max_doc)
     if err is None:
         try:
             doc = bson.decode(w.buf[w.pos : w.pos + length]) if decode else None
-        except (BSONError, ValueError, OverflowError) as exc:
+        except _DECODE_ERRORS as exc:
             err = f"undecodable document: {exc}"
         else:
             w.pos += length
             yield Record(off, length, doc)
             return
-    skipped = _resync(w)
-    yield Record(off, skipped, error=f"{err}; skipped {skipped} bytes to the next document")
+    skipped = _resync(w, max_doc)
+    if err.startswith(TRUNCATED) and w.offset < size:
+        # Not the file's last document after all: a bad length prefix, not a cut.
+        err = f"invalid document length {length}: runs past the next document"
+    if err.startswith(TRUNCATED):
+        yield Record(off, skipped, error=err)
+    else:
+        yield Record(off, skipped, error=f"{err}; skipped {skipped} bytes to the next document")
 
 
-def _resync(w: _Window) -> int:
+def _looks_like_document(w: _Window) -> bool:
+    """Does a document body start after the length prefix at ``w.pos`` (an element type
+    byte, then a NUL-terminated key)? Tells a real oversized document from garbage
+    whose first four bytes happen to make a large number."""
+    w.fill(4 + 1 + 256)
+    head = w.buf[w.pos + 4 : w.pos + 4 + 1 + 256]
+    return len(head) > 1 and head[0] in _TYPES and head.find(b"\x00", 1) > 0
+
+
+def _too_large(w: _Window, length: int, size: int, max_doc: int) -> Record:
+    """Skip a document whose prefix claims more than ``max_doc`` bytes, without reading it.
+
+    If the claimed end is framed (a NUL byte there, then valid documents or the end
+    of the file), jump there with two small reads; otherwise the claim cannot be
+    trusted and the reader scans on to the next document, in constant memory.
+    """
+    off = w.offset
+    claim = f"{TOO_LARGE}: claims {length:,} bytes, over the limit of {max_doc:,}"
+    end = off + length
+    if end <= size and os.pread(w.fd, 1, end - 1) == b"\x00" and \
+            _chain_ok(w.fd, end, size, 2, max_doc):
+        w.buf, w.base, w.pos, w.eof = b"", end, 0, end >= size
+        return Record(off, length, error=f"{claim}; skipped it")
+    skipped = _resync(w, max_doc)
+    return Record(off, skipped, error=f"{claim}; skipped {skipped} bytes to the next document")
+
+
+def _resync(w: _Window, max_doc: int = MAX_DOC) -> int:
     """Advance ``w`` to the next decodable document (or EOF); return bytes skipped."""
     start = w.offset
     scan = w.pos + 1
@@ -186,13 +241,13 @@ def _resync(w: _Window) -> int:
         w.fill(rel + 4)
         cand = w.pos + rel
         (length,) = _INT32.unpack_from(w.buf, cand)
-        if MIN_DOC <= length <= MAX_DOC:
+        if MIN_DOC <= length <= max_doc and _end_is_nul(w, cand, length):
             w.fill(rel + length)
             cand = w.pos + rel
-            if len(w.buf) - cand >= length and _doc_error(w.buf, cand, length) is None:
+            if len(w.buf) - cand >= length and _doc_error(w.buf, cand, length, max_doc) is None:
                 try:
                     bson.decode(w.buf[cand : cand + length])
-                except (BSONError, ValueError, OverflowError):
+                except _DECODE_ERRORS:
                     pass
                 else:
                     w.pos = cand
@@ -200,16 +255,28 @@ def _resync(w: _Window) -> int:
         scan = w.pos + rel + 6
 
 
+def _end_is_nul(w: _Window, cand: int, length: int) -> bool:
+    """Cheap test of a candidate's last byte, before reading all of it: garbage full of
+    ``_id`` anchors claiming megabytes must not make the scan re-read megabytes each."""
+    last = cand + length - 1
+    if last < len(w.buf):
+        return w.buf[last] == 0
+    return os.pread(w.fd, 1, w.base + last) == b"\x00"
+
+
 def check_is_bson(path: str | os.PathLike) -> None:
     """Raise ``NotBSONError`` unless the file starts with a decodable BSON document.
 
-    An empty file passes: it is a valid dump of zero products.
+    An empty file passes: it is a valid dump of zero products, and so does a file
+    whose first document is merely over the size limit (it is a reject, not a
+    wrong file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"BSON file not found: {path}")
     first = next(iter_records(path), None)
-    if first is not None and first.error is not None:
+    if first is not None and first.error is not None and \
+            not first.error.startswith(TOO_LARGE):
         with open(path, "rb") as f:
             head = f.read(8)
         raise NotBSONError(
@@ -218,17 +285,18 @@ def check_is_bson(path: str | os.PathLike) -> None:
         )
 
 
-def skip_documents(path: str | os.PathLike, n: int, start: int = 0) -> int:
+def skip_documents(path: str | os.PathLike, n: int, start: int = 0,
+                   max_doc: int = MAX_DOC) -> int:
     """Offset of the document after the first ``n`` slots from ``start`` (framing only)."""
     pos = start
-    for i, rec in enumerate(iter_records(path, start, decode=False)):
+    for i, rec in enumerate(iter_records(path, start, decode=False, max_doc=max_doc)):
         if i == n:
             return rec.offset
         pos = rec.offset + rec.length
     return pos
 
 
-def _chain_ok(fd: int, pos: int, size: int, links: int) -> bool:
+def _chain_ok(fd: int, pos: int, size: int, links: int, max_doc: int = MAX_DOC) -> bool:
     """True if ``links`` well-framed, decodable documents follow each other from ``pos``
     (or the file ends cleanly after fewer)."""
     for _ in range(links):
@@ -238,20 +306,21 @@ def _chain_ok(fd: int, pos: int, size: int, links: int) -> bool:
         if len(head) < 4:
             return False
         (length,) = _INT32.unpack(head)
-        if length < MIN_DOC or length > MAX_DOC or pos + length > size:
+        if length < MIN_DOC or length > max_doc or pos + length > size:
             return False
         raw = os.pread(fd, length, pos)
         if raw[-1] != 0:
             return False
         try:
             bson.decode(raw)
-        except (BSONError, ValueError, OverflowError):
+        except _DECODE_ERRORS:
             return False
         pos += length
     return True
 
 
-def find_document_start(path: str | os.PathLike, offset: int, links: int = 3) -> int:
+def find_document_start(path: str | os.PathLike, offset: int, links: int = 3,
+                        max_doc: int = MAX_DOC) -> int:
     """The first document start at or after byte ``offset`` (the file size if none).
 
     A start must be followed by a chain of ``links`` valid documents, so a stray
@@ -269,7 +338,7 @@ def find_document_start(path: str | os.PathLike, offset: int, links: int = 3) ->
             hit = buf.find(_ID_KEY)
             while hit >= 0:
                 cand = pos + hit - 5
-                if cand >= offset and _chain_ok(fd, cand, size, links):
+                if cand >= offset and _chain_ok(fd, cand, size, links, max_doc):
                     return cand
                 hit = buf.find(_ID_KEY, hit + 1)
             if len(buf) < CHUNK:
@@ -280,12 +349,13 @@ def find_document_start(path: str | os.PathLike, offset: int, links: int = 3) ->
         os.close(fd)
 
 
-def partition_offsets(path: str | os.PathLike, parts: int) -> list[int]:
+def partition_offsets(path: str | os.PathLike, parts: int, max_doc: int = MAX_DOC) -> list[int]:
     """Document-aligned offsets ``[0, ..., size]`` cutting the file into ``parts`` ranges
     of about equal size; range ``i`` holds the documents starting in
     ``[offsets[i], offsets[i + 1])``."""
     size = Path(path).stat().st_size
-    cuts = [find_document_start(path, size * i // parts) for i in range(1, parts)]
+    cuts = [find_document_start(path, size * i // parts, max_doc=max_doc)
+            for i in range(1, parts)]
     return sorted({0, *cuts, size})
 
 

@@ -27,10 +27,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bson.int64 import Int64
 from tqdm.auto import tqdm
 
 from . import bson_store
-from .images import JPEG_EOI, JPEG_SOI, ImageError, check_jpeg_bytes, decode_image
+from .bson_store import MAX_DOC
+from .images import (
+    JPEG_EOI,
+    JPEG_SOI,
+    MAX_SIDE,
+    ImageError,
+    ImageTooLargeError,
+    check_jpeg_bytes,
+    decode_image,
+    too_large,
+)
 
 CATALOGUE = "catalogue.parquet"
 REJECTS = "rejects.csv"
@@ -40,6 +51,10 @@ FORMAT_VERSION = 1
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # tests lower it to split small files
 LEVELS = ["category_level1", "category_level2", "category_level3"]
 REJECT_COLUMNS = ["kind", "offset", "length", "product_id", "image_index", "reason", "detail"]
+# A BSON int64 decodes as bson.Int64 (an int subclass): a NumberLong _id is still an id.
+_INTS = (int, Int64)
+# n_images is an int16 column: a product claiming more pictures is refused, not a crash.
+MAX_IMAGES = 2**15 - 1
 
 SCHEMA = pa.schema(
     [
@@ -133,7 +148,8 @@ class _Part:
 
 
 def _check_product(
-    rec: bson_store.Record, part: _Part, known: set[int] | None, verify: str
+    rec: bson_store.Record, part: _Part, known: set[int] | None, verify: str,
+    max_side: int = MAX_SIDE,
 ) -> None:
     """Add one document to ``part``: as a product row, or as rejects with reasons.
 
@@ -142,38 +158,49 @@ def _check_product(
     """
     off, length, doc, error = rec
     if error is not None:
-        reason = "truncated" if error.startswith("truncated") else "malformed"
+        reason = ("truncated" if error.startswith(bson_store.TRUNCATED) else
+                  "document_too_large" if error.startswith(bson_store.TOO_LARGE) else
+                  "malformed")
         part.reject("document", off, length, None, None, reason, error)
         return
     pid = doc.get("_id")
-    if type(pid) is not int:
-        part.reject("product", off, length, None, None, "bad_id", f"_id is {pid!r:.40}")
+    if type(pid) not in _INTS:
+        part.reject("product", off, length, None, None, "bad_id", f"_id is {_short(pid)}")
         return
     imgs = doc.get("imgs")
     if type(imgs) is not list or not imgs:
-        part.reject("product", off, length, pid, None, "no_images", f"imgs is {imgs!r:.40}")
+        part.reject("product", off, length, pid, None, "no_images", f"imgs is {_short(imgs)}")
+        return
+    if len(imgs) > MAX_IMAGES:
+        part.reject("product", off, length, pid, None, "too_many_images",
+                    f"{len(imgs):,} pictures, limit {MAX_IMAGES:,}")
         return
     part.images_in += len(imgs)
     cat = doc.get("category_id")
-    if cat is not None and (type(cat) is not int or (known is not None and cat not in known)):
+    if cat is not None and (type(cat) not in _INTS or (known is not None and cat not in known)):
         part.reject("product", off, length, pid, None, "unknown_category",
-                    f"category_id {cat!r:.40}")
+                    f"category_id {_short(cat)}")
         return
     bad = []
     for i, img in enumerate(imgs):
         pic = img.get("picture") if type(img) is dict else None
         if (verify == "magic" and type(pic) is bytes and pic[:2] == JPEG_SOI
-                and pic[-2:] == JPEG_EOI):
-            continue  # the common case, decided in three comparisons
-        why = check_jpeg_bytes(pic)
+                and pic[-2:] == JPEG_EOI and too_large(pic, max_side) is None):
+            continue  # the common case: three comparisons and a walk of the JPEG header
+        reason, why = "bad_image", check_jpeg_bytes(pic)
+        if why is None:
+            why = too_large(pic, max_side)
+            reason = "bad_image" if why is None else "image_too_large"
         if why is None and verify == "decode":
             try:
-                decode_image(pic)
+                decode_image(pic, max_side=max_side)
+            except ImageTooLargeError as exc:
+                reason, why = "image_too_large", str(exc)
             except ImageError as exc:
                 why = str(exc)
         if why is not None:
             bad.append(i)
-            part.reject("image", off, length, pid, i, "bad_image", why)
+            part.reject("image", off, length, pid, i, reason, why)
     if len(bad) == len(imgs):
         part.reject("product", off, length, pid, None, "no_valid_image", f"all {len(imgs)} bad")
         return
@@ -184,6 +211,13 @@ def _check_product(
     c["bad_images"].append(bad)
     c["offset"].append(off)
     c["length"].append(length)
+
+
+def _short(value: object) -> str:
+    """``repr`` cut to 40 characters, without building the repr of a 16 MB value."""
+    if isinstance(value, bytes | bytearray | str | list | dict) and len(value) > 40:
+        return f"{type(value).__name__} of length {len(value):,}"
+    return f"{value!r:.40}"
 
 
 def _source_id(path: Path) -> dict:
@@ -218,6 +252,8 @@ def build_catalogue(
     progress: bool = True,
     stop_after: int | None = None,
     force: bool = False,
+    max_doc_bytes: int = MAX_DOC,
+    max_image_side: int = MAX_SIDE,
 ) -> CatalogueSummary:
     """Scan ``bson_path`` and write the catalogue under ``out_dir``.
 
@@ -233,6 +269,10 @@ def build_catalogue(
         resume -- what a kill does; used by tests and demos of resuming.
     force: rebuild even if ``out_dir`` holds a finished catalogue of the same
         file and parameters (by default it is reused: no second 58 GB pass).
+    max_doc_bytes: a document whose length prefix claims more is rejected
+        (``document_too_large``) without being read; 16 MiB, BSON's own limit.
+    max_image_side: a picture whose JPEG header declares more pixels a side is
+        rejected (``image_too_large``) undecoded; 4096 (Cdiscount's are 180).
     """
     if verify_images not in ("magic", "decode"):
         raise ValueError(f"verify_images must be 'magic' or 'decode', not {verify_images!r}")
@@ -251,6 +291,12 @@ def build_catalogue(
         "verify_images": verify_images,
         "categories": str(Path(categories).resolve()) if categories else None,
     }
+    # Limits join the parameters only when set: catalogues made before they existed,
+    # and helpers.distributed's, keep matching.
+    if max_doc_bytes != MAX_DOC:
+        params["max_doc_bytes"] = max_doc_bytes
+    if max_image_side != MAX_SIDE:
+        params["max_image_side"] = max_image_side
     source = _source_id(bson_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not force and (out_dir / META).exists():
@@ -261,7 +307,8 @@ def build_catalogue(
     work = out_dir / WORK
     plan = _plan(work, bson_path, source, params, workers, resume)
     jobs = [(str(bson_path), str(work / f"range-{i:02d}"), a, b, limit, params["categories"],
-             verify_images, checkpoint_every, stop_after, progress, i)
+             verify_images, checkpoint_every, stop_after, progress, i, max_doc_bytes,
+             max_image_side)
             for i, (a, b) in enumerate(plan["ranges"])]
     if len(jobs) == 1:
         states = [_scan_range(*jobs[0])]  # in-process: simplest to debug and to test
@@ -291,12 +338,14 @@ def _plan(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
         )
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    max_doc = params.get("max_doc_bytes", MAX_DOC)
     # Below ~64 MB a second process costs more than it saves.
     if workers > 1 and params["skip"] == 0 and params["limit"] is None and \
             source["size"] > PARALLEL_MIN_BYTES:
-        offsets = bson_store.partition_offsets(bson_path, workers)
+        offsets = bson_store.partition_offsets(bson_path, workers, max_doc)
     else:
-        start = bson_store.skip_documents(bson_path, params["skip"]) if params["skip"] else 0
+        start = (bson_store.skip_documents(bson_path, params["skip"], max_doc=max_doc)
+                 if params["skip"] else 0)
         offsets = [start, source["size"]]
     plan = {"source": source, "params": params, "seconds": 0.0,
             "ranges": [[a, b] for a, b in zip(offsets, offsets[1:], strict=False)]
@@ -307,7 +356,8 @@ def _plan(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
 
 def _scan_range(bson_path: str, work: str, start: int, end: int, limit: int | None,
                 categories: str | None, verify: str, checkpoint_every: int,
-                stop_after: int | None, progress: bool, position: int) -> dict:
+                stop_after: int | None, progress: bool, position: int,
+                max_doc: int = MAX_DOC, max_side: int = MAX_SIDE) -> dict:
     """Scan the documents starting in ``[start, end)`` into part files under ``work``,
     checkpointing; resumes from ``work/checkpoint.json``. Returns the range's state."""
     work_dir = Path(work)
@@ -331,10 +381,10 @@ def _scan_range(bson_path: str, work: str, start: int, end: int, limit: int | No
                position=position, disable=not progress)
     done_to = state["next_offset"]
     checkpoints = 0
-    for rec in bson_store.iter_records(bson_path, state["next_offset"], end):
+    for rec in bson_store.iter_records(bson_path, state["next_offset"], end, max_doc=max_doc):
         if limit is not None and docs >= limit:
             break
-        _check_product(rec, part, known, verify)
+        _check_product(rec, part, known, verify, max_side)
         docs += 1
         done_to = rec.offset + rec.length
         if docs % 4096 == 0:

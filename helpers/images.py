@@ -8,20 +8,68 @@ those become RGB arrays or a clear ``ImageError``.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
 from PIL import Image
 
-# Far above any catalogue photo; stops a "decompression bomb" from eating RAM.
-MAX_PIXELS = 4096 * 4096
+# Cdiscount pictures are 180x180; a phone photo used as a query is ~4000x3000. Above
+# 4096 a side (16 MP, 50 MB decoded) a picture is refused from its header, before any
+# decode: Pillow's own bomb limit (179 MP) would let a 100 MP JPEG take 300 MB.
+MAX_SIDE = 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
 
 JPEG_SOI = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
+# Start-of-frame markers (the frame header holds the size): C0-CF but DHT, JPG, DAC.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SIZE = struct.Struct(">HH")
 
 
 class ImageError(ValueError):
     """An image that cannot be used: not a JPEG, truncated, or undecodable."""
+
+
+class ImageTooLargeError(ImageError):
+    """A picture whose header declares more pixels than the limit: refused undecoded."""
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's frame header, or None if there is none to read.
+
+    Walks the marker segments from the start (a few steps for a camera or web JPEG:
+    APP0, DQT, SOF), reading no pixel data: this is what lets every picture be
+    checked against the size limit at the speed of the catalogue pass.
+    """
+    n, pos = len(data), 2
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    while pos + 9 <= n:
+        if data[pos] != 0xFF:
+            return None  # not a marker: a damaged file (Pillow will say so)
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker in _SOF:
+            h, w = _SIZE.unpack_from(data, pos + 5)
+            return w, h
+        elif marker == 0xD9 or marker == 0xDA:  # end of image / scan before any frame
+            return None
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a segment
+            pos += 2
+        else:
+            pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    return None
+
+
+def too_large(data: bytes, max_side: int = MAX_SIDE) -> str | None:
+    """Why a JPEG is over ``max_side`` pixels a side, from its header alone, or None
+    (also None when there is no readable header: that is ``decode_image``'s call)."""
+    size = jpeg_size(data)
+    if size is not None and (size[0] > max_side or size[1] > max_side):
+        return f"image too large ({size[0]}x{size[1]}, limit {max_side} a side)"
+    return None
 
 
 def check_jpeg_bytes(data: object) -> str | None:
@@ -43,25 +91,35 @@ def check_jpeg_bytes(data: object) -> str | None:
     return None
 
 
-def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, size: int | None = None,
+                 max_side: int = MAX_SIDE) -> np.ndarray:
     """Decode JPEG bytes to an RGB ``uint8`` array ``[H, W, 3]``.
 
     ``size`` resizes to ``size x size`` (bilinear); ``None`` keeps the native
-    size (180x180 for Cdiscount). Raises ``ImageError`` with the reason.
+    size (180x180 for Cdiscount). Raises ``ImageError`` with the reason, and
+    ``ImageTooLargeError`` (read from the header, nothing decoded) for a picture
+    over ``max_side`` pixels a side.
     """
+    why = too_large(data, max_side) if isinstance(data, bytes | bytearray) else None
+    if why is not None:
+        raise ImageTooLargeError(why)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageError(f"image too large ({img.width}x{img.height})")
+            # Other formats (a PNG query photo), or a JPEG header that fooled jpeg_size.
+            if img.width > max_side or img.height > max_side:
+                raise ImageTooLargeError(f"image too large ({img.width}x{img.height}, "
+                                         f"limit {max_side} a side)")
             if size is not None and (img.width > 2 * size or img.height > 2 * size):
                 # JPEG draft mode decodes at 1/2, 1/4.. scale: far cheaper for big images.
                 img.draft("RGB", (size, size))
             img.load()
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageTooLargeError(f"image too large: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"undecodable image: {exc}") from exc
     if size is not None and img.size != (size, size):
         if img.mode not in ("RGB", "L"):
