@@ -12,7 +12,7 @@ A picture that fails to decode is skipped, counted, and written to the store's
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 import queue
 import threading
@@ -26,9 +26,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .bson_store import BsonImageStore
+from . import artifacts
+from .image_source import BsonImageSource, ImageSource
 from .images import ImageError, decode_image, to_float
+from .products import Catalogue, ParquetCatalogue, catalogue_fingerprint, iter_products
+
+__all__ = ["catalogue_fingerprint", "embed_catalogue", "embed_files"]
 from .vectors import LEVELS, VectorStore, VectorStoreError, VectorWriter, read_meta
+
+log = logging.getLogger(__name__)
 
 Extractor = Callable[[np.ndarray], np.ndarray]
 REJECTS = "rejects.csv"
@@ -78,30 +84,30 @@ def _decode(args: tuple[bytes, int]) -> np.ndarray | str:
         return f"undecodable image: {type(exc).__name__}: {exc}"
 
 
-def _batches(df: pd.DataFrame, bson_path: Path, start: int, image_size: int, batch_size: int,
-             pool: ThreadPoolExecutor, buffers: _BufferPool) -> Iterator[_Batch]:
+def _batches(catalogue: Catalogue, images: ImageSource, start: int, image_size: int,
+             batch_size: int, pool: ThreadPoolExecutor, buffers: _BufferPool) -> Iterator[_Batch]:
     """Whole products, about ``batch_size`` images per batch, in catalogue order."""
-    pids, offs = df["product_id"].to_numpy(), df["offset"].to_numpy()
-    lens, bads = df["length"].to_numpy(), df["bad_images"].to_numpy()
-    with BsonImageStore(bson_path) as store:
-        row = start
-        while row < len(df):
-            jobs, owners = [], []
-            while row < len(df) and len(jobs) < batch_size:
-                skip = set(np.asarray(bads[row]).tolist())
-                for i, pic in enumerate(store.pictures(int(offs[row]), int(lens[row]))):
-                    if i not in skip:
-                        jobs.append((pic, image_size))
-                        owners.append((int(pids[row]), i))
-                row += 1
-            results = list(pool.map(_decode, jobs))
-            ok = [j for j, r in enumerate(results) if not isinstance(r, str)]
-            failures = [(*owners[j], r) for j, r in enumerate(results) if isinstance(r, str)]
-            buf = buffers.get(len(ok))
-            for i, j in enumerate(ok):  # uint8 -> [0, 1] float32, as images.to_float does
-                np.multiply(results[j], np.float32(1 / 255), out=buf[i])
-            yield _Batch(buf[: len(ok)], np.array([owners[j][0] for j in ok], np.int64),
-                         np.array([owners[j][1] for j in ok], np.int64), row, failures, buf)
+    row = start
+    products = iter_products(catalogue, start)
+    product = next(products, None)
+    while product is not None:
+        jobs, owners = [], []
+        while product is not None and len(jobs) < batch_size:
+            skip = set(product.bad_images)
+            for i, pic in enumerate(images.pictures(product)):
+                if i not in skip:
+                    jobs.append((pic, image_size))
+                    owners.append((product.product_id, i))
+            row += 1
+            product = next(products, None)
+        results = list(pool.map(_decode, jobs))
+        ok = [j for j, r in enumerate(results) if not isinstance(r, str)]
+        failures = [(*owners[j], r) for j, r in enumerate(results) if isinstance(r, str)]
+        buf = buffers.get(len(ok))
+        for i, j in enumerate(ok):  # uint8 -> [0, 1] float32, as images.to_float does
+            np.multiply(results[j], np.float32(1 / 255), out=buf[i])
+        yield _Batch(buf[: len(ok)], np.array([owners[j][0] for j in ok], np.int64),
+                     np.array([owners[j][1] for j in ok], np.int64), row, failures, buf)
 
 
 def _prefetch(it: Iterator[_Batch], depth: int = 2) -> Iterator[_Batch]:
@@ -163,8 +169,8 @@ def _product_means(vecs: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def embed_catalogue(
-    catalogue: pd.DataFrame,
-    bson_path: str | os.PathLike,
+    catalogue: Catalogue | pd.DataFrame,
+    images: ImageSource | str | os.PathLike,
     extractor: Extractor,
     out_dir: str | os.PathLike,
     *,
@@ -178,38 +184,46 @@ def embed_catalogue(
 ) -> VectorStore:
     """Embed every usable image of ``catalogue`` into a vector store at ``out_dir``.
 
+    catalogue: a `helpers.products.Catalogue` (a catalogue DataFrame is wrapped).
+    images: where the pictures are, an `ImageSource` (a BSON path is wrapped).
     image_size: side the pictures are resized to (224: the models' training size,
         default; 180: Cdiscount's native size, no resize and ~1.5x fewer pixels).
     level: ``"product"`` (default) stores one vector per product, the mean of its
         L2-normalised image vectors; ``"image"`` stores one per picture.
     resume: continue an unfinished store made with the same settings (default);
-        False rebuilds whatever is there.
+        False starts again (an old store there is moved aside, never deleted).
     rebuild_stale: a store in ``out_dir`` made by other settings (model, size,
-        catalogue...) is rebuilt, saying why; by default it is refused with the list
-        of differences.
+        catalogue...) is moved aside to ``<out_dir>.stale-<time>`` and rebuilt, saying
+        why; by default it is refused with the list of differences. An embedding can
+        be 12 hours of work: it is never thrown away here.
     Returns the finished store, memory-mapped. An already finished store with the
     same settings is returned as is.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
-    out_dir, bson_path = Path(out_dir), Path(bson_path)
+    if isinstance(catalogue, pd.DataFrame):
+        catalogue = ParquetCatalogue(catalogue)
+    if isinstance(images, str | os.PathLike):
+        images = BsonImageSource(images)
+    out_dir = Path(out_dir)
     model_meta = extractor.meta() if hasattr(extractor, "meta") else {"model": repr(extractor)}
+    source = getattr(images, "path", None) or getattr(images, "folder", None)
     made_by = {**model_meta, "image_size": image_size, "level": level,
-               "source": str(bson_path.resolve()), "catalogue_rows": len(catalogue),
-               "catalogue_sha256": catalogue_fingerprint(catalogue)}
+               "source": str(Path(source).resolve()) if source else repr(images),
+               "catalogue_rows": len(catalogue), "catalogue_sha256": catalogue.fingerprint}
     old = read_meta(out_dir)
     if old is not None:
-        diff = {k: (old["made_by"].get(k), v) for k, v in made_by.items()
-                if old["made_by"].get(k) != v}
+        diff = artifacts.settings_diff(old["made_by"], made_by)
         if not diff and old.get("complete") and resume:
             return VectorStore(out_dir)
-        if diff:
-            why = "; ".join(f"{k} is {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            if resume and not rebuild_stale:
+        if diff or not resume:
+            why = artifacts.describe_diff(diff, "is", "now") if diff else "resume=False"
+            if diff and resume and not rebuild_stale:
                 raise VectorStoreError(f"{out_dir} holds vectors made by other settings ({why});"
-                                       " delete it or pass rebuild_stale=True")
-            if rebuild_stale:
-                print(f"{out_dir}: made by other settings ({why}): rebuilding")
+                                       " move it away or pass rebuild_stale=True")
+            aside = _move_aside(out_dir)
+            log.warning("%s: made by other settings (%s): kept as %s, rebuilding",
+                        out_dir, why, aside)
             resume = False
     dim = int(getattr(extractor, "dim", 0) or 0)
     if dim <= 0:
@@ -221,15 +235,15 @@ def embed_catalogue(
     if start == 0:
         (out_dir / REJECTS).unlink(missing_ok=True)  # a fresh store: old rejects are stale
     else:  # rows from `start` are read again: drop what a killed run recorded of them
-        _trim_rejects(out_dir, catalogue["product_id"].iloc[start:])
-    total = int(catalogue["n_images"].iloc[start:].sum())
+        _trim_rejects(out_dir, catalogue.ids()[start:])
+    total = _images_from(catalogue, start)
     bar = tqdm(total=total, unit="img", desc=f"embed {level}s @{image_size}px",
                disable=not progress)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(decode_threads) as pool:
         # depth 2 queued + 1 being filled + 1 at the model: 4 arrays in flight at most
         buffers = _BufferPool(5, (batch_size + 8, image_size, image_size, 3))
-        feed = _prefetch(_batches(catalogue, bson_path, start, image_size, batch_size, pool,
+        feed = _prefetch(_batches(catalogue, images, start, image_size, batch_size, pool,
                                   buffers))
         try:
             for b in feed:
@@ -243,11 +257,19 @@ def embed_catalogue(
     return writer.close(seconds=round(writer.meta.get("seconds", 0) + seconds, 2))
 
 
-def catalogue_fingerprint(catalogue: pd.DataFrame) -> str:
-    """Short hash of the catalogue's product ids and offsets: which products, from where."""
-    h = hashlib.sha256(catalogue["product_id"].to_numpy(np.int64).tobytes())
-    h.update(catalogue["offset"].to_numpy(np.int64).tobytes())
-    return h.hexdigest()[:16]
+def _move_aside(folder: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = folder.with_name(f"{folder.name}.stale-{stamp}-{os.getpid()}-{time.monotonic_ns()}")
+    os.replace(folder, aside)
+    return aside
+
+
+def _images_from(catalogue: Catalogue, start: int) -> int:
+    """Pictures from catalogue position ``start`` on (for the progress bar)."""
+    df = getattr(catalogue, "df", None)
+    if df is not None:
+        return int(df["n_images"].iloc[start:].sum())
+    return sum(p.n_images for p in iter_products(catalogue, start))
 
 
 def _write_batch(writer: VectorWriter, out_dir: Path, level: str, b: _Batch,
@@ -268,7 +290,7 @@ def _write_batch(writer: VectorWriter, out_dir: Path, level: str, b: _Batch,
                       images=len(vecs), failed_images=len(b.failures))
 
 
-def _trim_rejects(out_dir: Path, product_ids: pd.Series) -> None:
+def _trim_rejects(out_dir: Path, product_ids: np.ndarray) -> None:
     """Drop the rejects of ``product_ids`` (a kill may fall between rejects and meta)."""
     path = out_dir / REJECTS
     if path.exists():

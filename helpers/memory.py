@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .artifacts import resolve_version
+
 FIELDS = ("Rss", "Pss", "Private_Clean", "Private_Dirty")
 
 # A child process: load the index, touch every page with a full scan of queries, then
@@ -57,7 +59,7 @@ def shared_load_demo(index_dir: str | os.PathLike, file_name: str, processes: in
     """
     if not Path("/proc/self/smaps").exists():
         raise OSError("needs Linux /proc/<pid>/smaps")
-    path = Path(index_dir) / file_name
+    path = resolve_version(index_dir) / file_name  # the version `current` points at
     procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(index_dir), str(queries)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(processes)]

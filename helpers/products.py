@@ -15,6 +15,7 @@ Lookups use sorted id arrays (searchsorted): no per-process dict of 7 M ids.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,13 @@ class Catalogue(Protocol):
         """Every product id, in catalogue order."""
 
 
+def catalogue_fingerprint(catalogue: pd.DataFrame) -> str:
+    """Short hash of the catalogue's product ids and offsets: which products, from where."""
+    h = hashlib.sha256(catalogue["product_id"].to_numpy(np.int64).tobytes())
+    h.update(catalogue["offset"].to_numpy(np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def iter_products(catalogue: Catalogue, start: int = 0,
                   page_size: int = 1000) -> Iterator[Product]:
     """Every product from position ``start`` on, read a page at a time."""
@@ -124,6 +132,14 @@ class ParquetCatalogue:
         self._cat_sorted = self._cats[self._cat_sorter]
         self._fingerprint = fingerprint
         self._paths: dict[int, CategoryPath | None] = {}
+        # Plain numpy columns: building a Product must not cost a pandas row lookup.
+        self._n_images = self.df["n_images"].to_numpy(np.int64)
+        self._offset = self.df["offset"].to_numpy(np.int64)
+        self._length = self.df["length"].to_numpy(np.int64)
+        self._bad = self.df["bad_images"].to_numpy(object)
+        levels = ("category_level1", "category_level2", "category_level3")
+        self._names = ([self.df[c].astype(object).to_numpy() for c in levels]
+                       if set(levels) <= set(self.df.columns) else None)
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> ParquetCatalogue:
@@ -137,8 +153,6 @@ class ParquetCatalogue:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from .embed import catalogue_fingerprint
-
             self._fingerprint = catalogue_fingerprint(self.df)
         return self._fingerprint
 
@@ -206,26 +220,24 @@ class ParquetCatalogue:
         return pd.Series(self._cats).value_counts()
 
     def _path_at(self, row: int) -> CategoryPath | None:
-        if "category_level3" not in self.df.columns:
+        if self._names is None:
             return None
-        names = [self.df.at[row, c] for c in
-                 ("category_level1", "category_level2", "category_level3")]
+        names = [col[row] for col in self._names]
         if any(n is None or pd.isna(n) for n in names):
             return None
         return tuple(str(n) for n in names)  # type: ignore[return-value]
 
     def _at(self, row: int) -> Product:
-        r = self.df.iloc[row]
         cid = int(self._cats[row])
-        bad = r["bad_images"]
+        bad = self._bad[row]
         return Product(
             product_id=int(self._pids[row]),
             category_id=None if cid < 0 else cid,
             category_path=self._path_at(row),
-            n_images=int(r["n_images"]),
+            n_images=int(self._n_images[row]),
             bad_images=tuple(int(i) for i in (() if bad is None else bad)),
-            offset=int(r["offset"]),
-            length=int(r["length"]),
+            offset=int(self._offset[row]),
+            length=int(self._length[row]),
         )
 
 

@@ -2,9 +2,12 @@
 
 A store is a folder::
 
-    vectors.f32   n x dim float32, C order (np.memmap: no load, shared by processes)
-    ids.i64       n x 2 int64: product_id, image_index (-1 for a product's mean vector)
-    meta.json     dim, count, level, model meta, image size, source catalogue, resume point
+    vectors.f32    n x dim float32, C order (np.memmap: no load, shared by processes)
+    ids.i64        n x 2 int64: product_id, image_index (-1 for a product's mean vector)
+    meta.json      dim, count, resume point, stats, and ``made_by`` (the settings)
+    manifest.json  written when complete: settings (model, backend, precision, weights,
+                   image size, level), the catalogue it was made from (its fingerprint
+                   and settings), and the store's content id (see helpers.artifacts)
 
 Appends go to the two binary files first and ``meta.json`` last (atomically),
 so a killed run leaves a store whose ``count`` rows are all complete: reopening
@@ -13,20 +16,25 @@ it truncates any half-written tail and carries on from ``next_row``.
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import artifacts, ids
+from .ids import (
+    IMAGE_ID_BASE,  # noqa: F401  (re-exported: older imports)
+    LEVELS,  # noqa: F401
+)
+
 VECTORS = "vectors.f32"
 IDS = "ids.i64"
 META = "meta.json"
 FORMAT_VERSION = 1
-LEVELS = ("product", "image")
-# Index ids for image-level stores: product_id * 100 + image_index (Cdiscount ids < 1e8).
-IMAGE_ID_BASE = 100
+# Settings that name the catalogue a store was made from, not the store's own settings.
+CATALOGUE_KEYS = ("source", "catalogue_rows", "catalogue_sha256")
 
 
 class VectorStoreError(ValueError):
@@ -34,22 +42,26 @@ class VectorStoreError(ValueError):
 
 
 def encode_item_ids(product_ids: np.ndarray, image_index: np.ndarray) -> np.ndarray:
-    """One int64 id per row: the product id, or product_id*100 + image for image rows."""
-    product_ids = np.asarray(product_ids, np.int64)
-    image_index = np.asarray(image_index, np.int64)
-    return np.where(image_index < 0, product_ids, product_ids * IMAGE_ID_BASE + image_index)
+    """One int64 id per row: the product id, or the packed image id (see helpers.ids)."""
+    return ids.encode(product_ids, image_index)
 
 
 def read_meta(folder: str | os.PathLike) -> dict | None:
     """A store's meta.json (finished or not), or None if there is none."""
-    path = Path(folder) / META
-    return json.loads(path.read_text()) if path.exists() else None
+    return artifacts.read_json(Path(folder) / META, missing_ok=True)
 
 
 def _write_meta(folder: Path, meta: dict) -> None:
-    tmp = folder / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, folder / META)
+    artifacts.write_json(folder / META, meta)
+
+
+def store_manifest(made_by: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest of a store made with ``made_by``: its settings, and its catalogue."""
+    settings = {k: v for k, v in made_by.items() if k not in CATALOGUE_KEYS}
+    catalogue = {k: made_by[k] for k in CATALOGUE_KEYS if k in made_by}
+    return artifacts.make_manifest(
+        "vectors", settings, inputs={"catalogue": str(made_by.get("catalogue_sha256"))},
+        chain={"catalogue": catalogue})
 
 
 class VectorWriter:
@@ -117,39 +129,55 @@ class VectorWriter:
         _write_meta(self.folder, self.meta)
 
     def close(self, **extra: Any) -> VectorStore:
-        """Mark the store complete and open it for reading."""
+        """Mark the store complete (manifest first, then meta) and open it for reading."""
+        artifacts.write_manifest(self.folder, store_manifest(self.meta["made_by"]))
         self.meta.update(extra, complete=True)
         _write_meta(self.folder, self.meta)
         return VectorStore(self.folder)
 
 
 class VectorStore:
-    """A finished store, memory-mapped: ``store.vectors`` is an ``np.memmap``."""
+    """A finished store, memory-mapped: ``store.vectors`` is an ``np.memmap``.
+
+    expect: settings the store must have been made with, e.g. ``{"image_size": 224,
+        "level": "image", "backend": "onnx"}``, or ``{"catalogue_sha256": ...}``; any
+        difference is refused (VectorStoreError) with the differences named.
+    The manifest is checked against ``meta.json`` on open: a store whose files were
+    swapped or edited by hand is refused.
+    """
 
     def __init__(self, folder: str | os.PathLike,
-                 expect: dict[str, Any] | None = None) -> None:
+                 expect: Mapping[str, Any] | None = None) -> None:
         self.folder = Path(folder)
-        path = self.folder / META
-        if not path.exists():
+        meta = read_meta(self.folder)
+        if meta is None:
             raise VectorStoreError(f"no vector store in {self.folder}")
-        self.meta = json.loads(path.read_text())
+        self.meta = meta
         if not self.meta.get("complete"):
             raise VectorStoreError(f"{self.folder} is unfinished ({self.meta['count']} vectors);"
                                    " run the embedding again to resume it")
+        manifest = artifacts.read_manifest(self.folder, missing_ok=True)
+        want = store_manifest(self.made_by)
+        if manifest is None or manifest.get("id") != want["id"]:
+            raise VectorStoreError(
+                f"{self.folder}: manifest.json is missing or does not match meta.json "
+                "(a store from an older version, or edited files): embed again")
+        self.manifest = manifest
         if expect:
-            made = self.meta["made_by"]
-            diff = {k: (made.get(k), v) for k, v in expect.items() if made.get(k) != v}
+            diff = artifacts.settings_diff(self.made_by, dict(expect))
             if diff:
-                raise VectorStoreError(f"{self.folder} was made by other settings: " + "; ".join(
-                    f"{k} is {a!r}, expected {b!r}" for k, (a, b) in diff.items()))
+                raise VectorStoreError(f"{self.folder} was made by other settings: "
+                                       + artifacts.describe_diff(diff, "is", "expected"))
         n, dim = self.meta["count"], self.meta["dim"]
         self.vectors = (np.memmap(self.folder / VECTORS, np.float32, "r", shape=(n, dim))
                         if n else np.zeros((0, dim), np.float32))
-        ids = (np.fromfile(self.folder / IDS, np.int64).reshape(n, 2) if n
-               else np.zeros((0, 2), np.int64))
-        self.product_ids, self.image_index = ids[:, 0], ids[:, 1]
+        pairs = (np.fromfile(self.folder / IDS, np.int64).reshape(n, 2) if n
+                 else np.zeros((0, 2), np.int64))
+        self.product_ids, self.image_index = pairs[:, 0], pairs[:, 1]
         self.item_ids = encode_item_ids(self.product_ids, self.image_index)
-        self._row = {int(i): r for r, i in enumerate(self.item_ids)}
+        # Sorted ids + searchsorted: 16 bytes an item, not a dict of Python ints.
+        self._sorter = np.argsort(self.item_ids, kind="stable")
+        self._sorted = self.item_ids[self._sorter]
 
     def __len__(self) -> int:
         return self.meta["count"]
@@ -162,12 +190,33 @@ class VectorStore:
     def made_by(self) -> dict[str, Any]:
         return self.meta["made_by"]
 
+    @property
+    def level(self) -> str:
+        return self.made_by.get("level", "product")
+
+    @property
+    def id(self) -> str:
+        """The store's content id (settings + catalogue), as in its manifest."""
+        return self.manifest["id"]
+
+    def rows(self, item_ids: Any) -> np.ndarray:
+        """Rows of item ids; KeyError names the ones not in the store."""
+        want = np.atleast_1d(np.asarray(item_ids, np.int64))
+        pos = np.searchsorted(self._sorted, want).clip(0, max(len(self) - 1, 0))
+        found = self._sorted[pos] == want if len(self) else np.zeros(len(want), bool)
+        if not found.all():
+            raise KeyError(f"id(s) {want[~found][:5].tolist()} not in the vector store "
+                           f"{self.folder} ({self.level} level)")
+        return self._sorter[pos]
+
     def vector(self, item_id: int) -> np.ndarray:
         """The stored vector of one item (a product id for product-level stores)."""
-        try:
-            return np.asarray(self.vectors[self._row[int(item_id)]])
-        except KeyError:
-            raise KeyError(f"id {item_id} is not in the vector store {self.folder}") from None
+        return np.asarray(self.vectors[int(self.rows([item_id])[0])])
+
+    def chunks(self, rows: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
+        """(start row, float32 block) over the store: bounded memory on any size."""
+        for start in range(0, len(self), rows):
+            yield start, np.asarray(self.vectors[start:start + rows])
 
     def __repr__(self) -> str:
         m = self.made_by

@@ -235,21 +235,26 @@ def test_finished_store_is_reused(real, real_products, cdiscount_bson, onnx_extr
 
 def test_finished_store_other_settings(real, cdiscount_bson, onnx_extractor, tmp_path):
     head = real.head(5)
-    embed_catalogue(head, cdiscount_bson, onnx_extractor, tmp_path, image_size=128,
-                    progress=False)
-    with pytest.raises(VectorStoreError, match="image_size is 128, now 96"):
-        embed_catalogue(head, cdiscount_bson, onnx_extractor, tmp_path, image_size=96,
+    out = tmp_path / "store"
+    first = embed_catalogue(head, cdiscount_bson, onnx_extractor, out, image_size=128,
+                            progress=False)
+    kept = np.array(first.vectors)
+    with pytest.raises(VectorStoreError, match="image_size: is 128, now 96"):
+        embed_catalogue(head, cdiscount_bson, onnx_extractor, out, image_size=96,
                         progress=False)
     counting = Wrapped(onnx_extractor)
-    store = embed_catalogue(head, cdiscount_bson, counting, tmp_path, image_size=96,
+    store = embed_catalogue(head, cdiscount_bson, counting, out, image_size=96,
                             resume=False, progress=False)
     assert counting.calls == 1 and store.made_by["image_size"] == 96 and len(store) == 5
+    # The 128 px embedding was moved aside, not deleted: hours of work are never lost.
+    (aside,) = tmp_path.glob("store.stale-*")
+    np.testing.assert_array_equal(VectorStore(aside).vectors, kept)
     # another catalogue (same length, other products) is stale too; rebuilt on request
     other = real.iloc[5:10]
     with pytest.raises(VectorStoreError, match="catalogue_sha256"):
-        embed_catalogue(other, cdiscount_bson, onnx_extractor, tmp_path, image_size=96,
+        embed_catalogue(other, cdiscount_bson, onnx_extractor, out, image_size=96,
                         progress=False)
-    store = embed_catalogue(other, cdiscount_bson, onnx_extractor, tmp_path, image_size=96,
+    store = embed_catalogue(other, cdiscount_bson, onnx_extractor, out, image_size=96,
                             rebuild_stale=True, progress=False)
     assert list(store.product_ids) == list(other["product_id"])
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cosine as scipy_cosine
 
+from helpers.artifacts import resolve_version
 from helpers.index import (
     METHODS,
     CategoryError,
@@ -180,8 +181,12 @@ def test_search_by_id_excludes_the_item(built, data, exact):
     np.testing.assert_array_equal(by_cat.ids, exact.search_by_id(pids[0], K, category=cat).ids)
     n_cat = int((data["categories"] == cat).sum())
     assert index.search_by_id(pids[0], n_cat - 1, category=cat).ids.shape == (1, n_cat - 1)
-    with pytest.raises(InvalidKError):
-        index.search_by_id(pids[0], n_cat, category=cat)
+    # Up to k: one more than the category's other members pads the last slot.
+    padded = index.search_by_id(pids[0], n_cat, category=cat)
+    assert padded.ids[0, -1] == -1 and padded.scores[0, -1] == -np.inf
+    assert padded.found[0].sum() == n_cat - 1
+    np.testing.assert_array_equal(padded.ids[0, :-1],
+                                  exact.search_by_id(pids[0], n_cat - 1, category=cat).ids[0])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -189,18 +194,26 @@ def test_save_load_round_trip(name, data, tmp_path):
     source = {"model": "resnet50", "dim": D, "store": "vectors/v1"}
     index = _build(name, data, source=source)
     path = tmp_path / name
-    index.save(path)
+    assert index.save(path) == path
+    version = resolve_version(path)  # path/current -> path/v-<time>/: one whole version
+    assert (path / "current").is_symlink() and version.parent == path and version != path
+    path = version
     meta = json.loads((path / "meta.json").read_text())
     assert meta["method"] == index.method and meta["metric"] == "cosine"
     assert meta["dim"] == D and meta["n"] == N and meta["source"] == source
     assert meta["params"] == dict(index.params) and meta["build_params"] == index.build_params
     assert (path / "ids.npy").is_file() and (path / "categories.npy").is_file()
     assert (path / meta["files"]["engine"]).is_file()
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in path.iterdir():  # readable by a server running as another user, as umask allows
-        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
+    assert json.loads((path / "manifest.json").read_text())["kind"] == "index"
+    umask = os.umask(0o077)  # even under a strict umask:
+    try:
+        index.save(tmp_path / "strict")
+    finally:
+        os.umask(umask)
+    for f in resolve_version(tmp_path / "strict").iterdir():  # a server as another user reads
+        assert f.stat().st_mode & 0o777 == 0o644, f
     assert not list(path.glob(".*.tmp"))
+    path = tmp_path / name
 
     loaded = load_index(path, expect_source={"model": "resnet50"})
     assert type(loaded) is type(index) and len(loaded) == N and loaded.params == index.params
@@ -299,20 +312,23 @@ def test_search_errors(built, data):
         index.search(q, 0)
     with pytest.raises(InvalidKError):
         index.search(q, -3)
-    with pytest.raises(InvalidKError, match=f"only {N} items"):
-        index.search(q, N + 1)
-    with pytest.raises(InvalidKError, match=f"only 15 items in category \\[{RARE}\\]"):
-        index.search(q, 16, category=RARE)
-    with pytest.raises(InvalidKError, match="only 0 items"):
-        index.search(q, 1, category=12345)
+    # Up to k results: padding (id -1, score -inf) marks the slots nothing can fill.
+    res = index.search(q, N + 1)
+    assert res.found.sum(axis=1).tolist() == [N] * len(q) and (res.ids[:, -1] == -1).all()
+    rare = index.search(q, 16, category=RARE)
+    assert rare.found.sum(axis=1).tolist() == [15] * len(q)
+    assert np.isin(rare.ids[:, :15], data["ids"][data["categories"] == RARE]).all()
+    assert (rare.scores[:, 15] == -np.inf).all()
+    none = index.search(q, 1, category=12345)
+    assert (none.ids == -1).all() and not none.found.any()
     bad = q.copy()
     bad[0, 0] = np.inf
     with pytest.raises(InvalidVectorError, match="NaN or inf"):
         index.search(bad, K)
     with pytest.raises(UnknownIdError, match="unknown product ids"):
         index.search_by_id(424242, K)
-    with pytest.raises(InvalidKError, match="excluded"):
-        index.search_by_id(data["ids"][0], N)
+    alone = index.search_by_id(data["ids"][0], N)  # the item itself excluded: N - 1 found
+    assert alone.found.sum() == N - 1 and alone.ids[0, -1] == -1
     assert index.search_by_id(data["ids"][0], N - 1).ids.shape == (1, N - 1)
     with pytest.raises(CategoryError):
         index.search(q, K, category="shoes")

@@ -11,7 +11,6 @@ import pytest
 
 from helpers.index import (
     IndexInputError,
-    InvalidKError,
     NotSupportedError,
     TrainingError,
     build_index,
@@ -103,8 +102,9 @@ def test_rare_category_returns_k(clustered, factory):
     assert index.params == knob  # widening is per call, the knob is unchanged
     full = index.search(clustered["queries"], 12, category=[99])
     assert (np.sort(full.ids, axis=1) == np.sort(rare)).all()
-    with pytest.raises(InvalidKError, match="only 12 items in category \\[99\\]"):
-        index.search(clustered["queries"], 13, category=99)
+    more = index.search(clustered["queries"], 13, category=99)  # up to k: padded
+    assert (more.ids[:, -1] == -1).all() and (np.sort(more.ids[:, :12], axis=1)
+                                              == np.sort(rare)).all()
 
 
 def test_filter_uses_id_selector_not_post_filtering(clustered):

@@ -161,11 +161,11 @@ def test_refuses_unfinished_or_missing_store(tmp_path):
 def test_expect_mismatch(tmp_path):
     _write(tmp_path, _chunks(1))
     assert len(VectorStore(tmp_path, expect={"model": "test", "image_size": 224})) == 5
-    with pytest.raises(VectorStoreError, match=r"image_size is 224, expected 180") as err:
+    with pytest.raises(VectorStoreError, match=r"image_size: is 224, expected 180") as err:
         VectorStore(tmp_path, expect={"model": "test", "image_size": 180, "level": "product"})
-    assert "level is 'image', expected 'product'" in str(err.value)
+    assert "level: is 'image', expected 'product'" in str(err.value)
     assert "model" not in str(err.value)  # only the keys that differ are named
-    with pytest.raises(VectorStoreError, match="weights is None"):
+    with pytest.raises(VectorStoreError, match="weights: is '<missing>'"):
         VectorStore(tmp_path, expect={"weights": "x.pth"})  # a key the store lacks
 
 

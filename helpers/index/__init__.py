@@ -96,17 +96,26 @@ def build_index(
 
 
 def load_index(
-    path: str | os.PathLike, *, expect_source: Mapping[str, Any] | None = None
+    path: str | os.PathLike,
+    *,
+    vectors: Any = None,
+    expect_source: Mapping[str, Any] | None = None,
 ) -> VectorIndex:
     """Load a saved index directory, whatever its method (read from meta.json).
 
+    vectors: the VectorStore the index must have been built from (checked through the
+        manifest chain: model, backend, image size, level, catalogue); pass it whenever
+        you have it.
     expect_source: refuse (IndexMismatchError) an index whose meta.json `source` differs
-    on these keys, e.g. the vector store's {"model": ..., "dim": ...}.
+        on these keys, e.g. {"model": ...}.
     """
     method = read_meta(path)["method"]
     if method not in METHODS:
         raise IndexMismatchError(f"{path}: unknown index method {method!r}")
-    return METHODS[method].load(path, expect_source=expect_source)
+    kwargs: dict[str, Any] = {"expect_source": expect_source}
+    if vectors is not None:
+        kwargs["vectors"] = vectors
+    return METHODS[method].load(path, **kwargs)
 
 
 def __getattr__(name: str) -> type:

@@ -37,6 +37,7 @@ from helpers.index.base import (
     LocalIndex,
     NotSupportedError,
     SearchResult,
+    UnitChunks,
 )
 
 DEFAULT_N_TREES = 50  # Annoy has no default; more trees = better recall, bigger file
@@ -69,7 +70,7 @@ class AnnoyIndex(LocalIndex):
     @classmethod
     def _build(
         cls,
-        vectors: np.ndarray,
+        chunks: UnitChunks,
         ids: np.ndarray,
         categories: np.ndarray | None,
         source: dict[str, Any],
@@ -84,11 +85,12 @@ class AnnoyIndex(LocalIndex):
         (Annoy's default is random). n_jobs: build threads, -1 = all cores."""
         if n_trees < 1:
             raise IndexInputError(f"n_trees must be >= 1, got {n_trees}")
-        d = vectors.shape[1]
+        d = chunks.dim
         engine = annoy.AnnoyIndex(d, "angular")
         engine.set_seed(seed)
-        for i, v in enumerate(vectors):
-            engine.add_item(i, v)
+        for start, block in chunks:
+            for i, v in enumerate(block, start):
+                engine.add_item(i, v)
         engine.build(n_trees, n_jobs=n_jobs)
         knobs = _knobs({"search_k": search_k, "n_threads": n_threads})
         build_params = {"n_trees": n_trees, "seed": seed}

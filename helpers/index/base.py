@@ -11,9 +11,21 @@ Every index holds product ids (int64 >= 0) and, optionally, one category id (int
     ids, scores = index.search(queries, k=10)              # [nq, k] each
     ids, scores = index.search(queries, 10, category=7)    # only items of category 7
     ids, scores = index.search_by_id(product_id, 10)       # the item itself is left out
+    index = build_index("faiss", store.vectors, ..., source=store)  # a memmap: read in chunks
     index.params["efSearch"] = 128                         # runtime knobs, no rebuild
     index.save("artifacts/index/hnsw")                     # a directory, see LocalIndex.save
     index = load_index("artifacts/index/hnsw")
+
+Up to k results: a search returns k columns; when fewer than k items can be returned (a
+category with fewer members, a small index) the missing slots are padded with id -1 and
+score -inf (`SearchResult.found` marks the real ones). No count query is needed first,
+which a remote engine (Elasticsearch) could not afford per search.
+
+Building reads the vectors in chunks (`UnitChunks`): a memory-mapped store of any size is
+normalised block by block into the engine, never copied whole into RAM first.
+
+Saving is atomic as a set: engine file, ids, categories, meta.json and manifest.json go
+into a new immutable version folder, then `path/current` is swapped to point at it.
 
 Two layers:
 - `VectorIndex`: the protocol every method implements, including engines that keep ids,
@@ -28,19 +40,23 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+
+from helpers import artifacts
 
 META_FILE = "meta.json"
 IDS_FILE = "ids.npy"
 CATEGORIES_FILE = "categories.npy"
 FORMAT_VERSION = 1
 METRIC = "cosine"
+PAD_ID = -1
+PAD_SCORE = -np.inf
+CHUNK_ROWS = 65_536  # rows normalised at a time when building (64k x 1280 x 4 B = 320 MB)
 
 Category = int | Iterable[int] | None
 
@@ -99,8 +115,13 @@ class NotSupportedError(NotImplementedError):
 class SearchResult(NamedTuple):
     """Top-k per query, best first. Unpacks: `ids, scores = index.search(q, k)`."""
 
-    ids: np.ndarray  # int64 [nq, k], product ids
-    scores: np.ndarray  # float32 [nq, k], cosine similarity, higher = closer
+    ids: np.ndarray  # int64 [nq, k], product ids; -1 pads a missing result
+    scores: np.ndarray  # float32 [nq, k], cosine similarity, higher = closer; -inf pads
+
+    @property
+    def found(self) -> np.ndarray:
+        """bool [nq, k]: True for real results, False for padding."""
+        return self.ids >= 0
 
 
 class Knobs(dict):
@@ -211,15 +232,88 @@ def as_category_filter(category: Category) -> np.ndarray | None:
     return np.unique(c.astype(np.int64))
 
 
-def check_k(k: Any, available: int, where: str = "") -> int:
-    """k as an int in [1, available]; `where` says what was filtered, for the message."""
+def check_k(k: Any, available: int | None = None, where: str = "") -> int:
+    """k as an int >= 1 (and <= available, when given: bare-array searches)."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer):
         raise InvalidKError(f"k must be an int, got {k!r}")
     if k <= 0:
         raise InvalidKError(f"k must be >= 1, got {k}")
-    if k > available:
+    if available is not None and k > available:
         raise InvalidKError(f"k={k} but only {available} items{where} can be returned")
     return int(k)
+
+
+def pad_result(res: SearchResult, k: int) -> SearchResult:
+    """Widen a result to k columns with padding (id -1, score -inf)."""
+    have = res.ids.shape[1]
+    if have >= k:
+        return res
+    nq = res.ids.shape[0]
+    ids = np.full((nq, k), PAD_ID, np.int64)
+    scores = np.full((nq, k), PAD_SCORE, np.float32)
+    ids[:, :have], scores[:, :have] = res.ids, res.scores
+    return SearchResult(ids, scores)
+
+
+class UnitChunks:
+    """A [n, d] array (ndarray or memmap) read as unit-norm float32 blocks of `rows` rows.
+
+    What engines build from: iterate for (start, block) pairs, `sample(m)` for training
+    rows, `all()` when the engine keeps every vector anyway. Each block is validated as it
+    is read (NaN, zero rows: InvalidVectorError naming the rows).
+    """
+
+    def __init__(self, vectors: Any, rows: int = CHUNK_ROWS) -> None:
+        v = vectors if hasattr(vectors, "shape") else np.asarray(vectors)
+        if len(v.shape) != 2:
+            raise DimensionError(f"vectors must be 2-D [n, d], got shape {v.shape}")
+        self.v, self.rows = v, max(1, int(rows))
+        self.n, self.dim = int(v.shape[0]), int(v.shape[1])
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        try:
+            return as_unit_vectors(np.asarray(self.v[start:stop]))
+        except InvalidVectorError as e:
+            raise InvalidVectorError(f"{e}, in the block from row {start}") from None
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.n, self.rows):
+            yield start, self.block(start, min(self.n, start + self.rows))
+
+    def sample(self, m: int | None, seed: int = 1234) -> np.ndarray:
+        """m rows chosen at random (sorted, so a memmap is read forward); all if m >= n."""
+        if m is None or m >= self.n:
+            return self.all()
+        rows = np.sort(np.random.default_rng(seed).choice(self.n, m, replace=False))
+        return as_unit_vectors(np.asarray(self.v[rows]))
+
+    def all(self) -> np.ndarray:
+        """Every row, normalised, in one preallocated array (no second full copy)."""
+        out = np.empty((self.n, self.dim), np.float32)
+        for start, block in self:
+            out[start:start + len(block)] = block
+        return out
+
+
+class GrowableArray:
+    """An int64 array with amortised O(1) appends (capacity doubles), for ids on add()."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self._buf = np.array(values, np.int64)
+        self._n = len(self._buf)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    def extend(self, more: np.ndarray) -> None:
+        need = self._n + len(more)
+        if need > len(self._buf):
+            grown = np.empty(max(need, 2 * len(self._buf), 16), np.int64)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n:need] = more
+        self._n = need
 
 
 def _is_iterable(x: Any) -> bool:
@@ -282,8 +376,8 @@ class VectorIndex(Protocol):
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The meta.json of a saved index directory."""
-    f = Path(path) / META_FILE
+    """The meta.json of a saved index directory (its current version)."""
+    f = artifacts.resolve_version(path) / META_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{path} is not a saved index: no {META_FILE}")
     meta = json.loads(f.read_text())
@@ -314,18 +408,27 @@ def check_source(
         raise IndexMismatchError(f"{where} was built from other vectors: {lines}")
 
 
+def check_vectors(meta: Mapping[str, Any], vectors: Any, where: str) -> None:
+    """Refuse an index built from another vector store than ``vectors`` (a VectorStore or
+    its manifest), naming the settings that differ (image size, level, backend, catalogue)."""
+    want = getattr(vectors, "manifest", vectors)
+    manifest = meta.get("manifest") or {}
+    built_from = manifest.get("inputs", {}).get("vectors")
+    if built_from == want.get("id"):
+        return
+    have = manifest.get("chain", {}).get("vectors", {})
+    diff = artifacts.settings_diff(have, want.get("settings", {}))
+    cat_have = manifest.get("chain", {}).get("catalogue", {})
+    cat_want = want.get("chain", {}).get("catalogue", {})
+    diff |= {f"catalogue {k}": v for k, v in artifacts.settings_diff(cat_have, cat_want).items()}
+    why = artifacts.describe_diff(diff, "index has", "store has") if diff else \
+        f"vectors {built_from!r}, not {want.get('id')!r}"
+    raise IndexMismatchError(f"{where} was built from other vectors: {why}")
+
+
 def atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
-    """write(tmp) then rename over `target`: readers (other processes, mmaps) keep the old
-    file's inode, and a crash never leaves a half-written file under the final name."""
-    # A fresh name, not mkstemp: the writer creates the file, with the umask's permissions
-    # (mkstemp's 0600 would hide the index from a server running as another user).
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """write(tmp) then rename over `target` (see helpers.artifacts.atomic_write)."""
+    artifacts.atomic_write(target, write)
 
 
 def _json_safe(d: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -365,6 +468,9 @@ class LocalIndex(ABC):
         self._dim = int(dim)
         self._ids = ids
         self._categories = categories
+        self._id_buf: GrowableArray | None = None  # made on first add()
+        self._cat_buf: GrowableArray | None = None
+        self._manifest: dict[str, Any] | None = None  # set by build(source=store) / load
         self.params = params
         self.build_params = dict(build_params)
         self._source = dict(source or {})
@@ -382,38 +488,43 @@ class LocalIndex(ABC):
         source: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> L:
-        """Index `vectors` [n, d] (L2-normalised here) under product `ids` [n].
+        """Index `vectors` [n, d] (L2-normalised here, in chunks) under product `ids` [n].
 
+        vectors: an array or a memmap (e.g. VectorStore.vectors): read CHUNK_ROWS rows at a
+            time, so building never holds a second full copy of a large store.
         categories: [n] int category ids, or None (then no category filter).
-        source: JSON metadata saved in meta.json (e.g. the vector store's model meta),
-            checked by `load_index(path, expect_source=...)`.
+        source: the VectorStore the vectors come from (its manifest is kept, and
+            `load_index(path, vectors=store)` refuses an index of other vectors), or plain
+            JSON metadata saved in meta.json, checked by `load_index(expect_source=...)`.
         params: the engine's build parameters and initial search knobs.
         """
-        v = np.asarray(vectors)
-        if v.ndim != 2:
-            raise DimensionError(f"vectors must be 2-D [n, d], got shape {v.shape}")
-        if v.shape[0] == 0:
-            raise EmptyIndexError(f"cannot build an index from zero vectors (shape {v.shape})")
-        if v.shape[1] == 0:
+        chunks = UnitChunks(vectors)
+        if chunks.n == 0:
+            raise EmptyIndexError(
+                f"cannot build an index from zero vectors (shape {(0, chunks.dim)})")
+        if chunks.dim == 0:
             raise DimensionError("vectors have dimension 0")
-        v = as_unit_vectors(v)
-        n = v.shape[0]
-        ids_ = as_ids(ids, n)
-        cats = None if categories is None else as_categories(categories, n)
+        ids_ = as_ids(ids, chunks.n)
+        cats = None if categories is None else as_categories(categories, chunks.n)
+        store_manifest = getattr(source, "manifest", None)
+        if store_manifest is not None:
+            source = getattr(source, "made_by", {})
         src = _json_safe(source or {}, "source")
-        return cls._build(v, ids_, cats, src, **params)
+        index = cls._build(chunks, ids_, cats, src, **params)
+        index._manifest = _index_manifest(index, store_manifest)
+        return index
 
     @classmethod
     @abstractmethod
     def _build(
         cls: type[L],
-        vectors: np.ndarray,
+        chunks: UnitChunks,
         ids: np.ndarray,
         categories: np.ndarray | None,
         source: dict[str, Any],
         **params: Any,
     ) -> L:
-        """Build from validated unit vectors; consume and check `params`."""
+        """Build from unit vectors read block by block; consume and check `params`."""
 
     # -- properties --
 
@@ -456,37 +567,41 @@ class LocalIndex(ABC):
         """Top-k cosine neighbours of each query [nq, d] (or one query [d] -> nq = 1).
 
         category: an int or an iterable of ints: only items of those categories are
-        returned; k results whenever at least k items match (else InvalidKError).
+        returned. Up to k results: slots beyond the matching items are padded (id -1,
+        score -inf).
         """
         q = as_unit_vectors(queries, self.dim, "queries")
-        mask, where = self._filter(category)
+        k = check_k(k)
+        mask, _ = self._filter(category)
         available = len(self) if mask is None else int(np.count_nonzero(mask))
-        k = check_k(k, available, where)
-        return self._search(q, k, mask)
+        if available == 0:
+            return pad_result(_empty(len(q)), k)
+        return pad_result(self._search(q, min(k, available), mask), k)
 
     def search_by_id(self, product_ids: Any, k: int, category: Category = None) -> SearchResult:
         """Top-k neighbours of items already in the index, the items themselves left out.
 
-        product_ids: one id or a sequence of ids -> result rows [len(ids), k].
+        product_ids: one id or a sequence of ids -> result rows [len(ids), k], padded as
+        `search` pads.
         """
         pids = np.atleast_1d(np.asarray(product_ids))
         if pids.ndim != 1 or (pids.size and not np.issubdtype(pids.dtype, np.integer)):
             raise UnknownIdError(f"product ids must be ints, got {product_ids!r}")
+        k = check_k(k)
         rows = self._rows(pids)
-        mask, where = self._filter(category)
-        # The query item takes one slot when it passes the filter: ask one more, drop it.
-        self_in = np.ones(len(rows), bool) if mask is None else mask[rows]
-        available = (len(self) if mask is None else int(np.count_nonzero(mask))) - int(
-            self_in.any()
-        )
-        k = check_k(k, available, f"{where} (the query item excluded)")
+        mask, _ = self._filter(category)
+        available = len(self) if mask is None else int(np.count_nonzero(mask))
+        ids = np.full((len(rows), k), PAD_ID, np.int64)
+        scores = np.full((len(rows), k), PAD_SCORE, np.float32)
+        if available == 0 or len(rows) == 0:
+            return SearchResult(ids, scores)
         q = self._vectors(pids.astype(np.int64), rows)
-        res = self._search(q, min(k + 1, available + int(self_in.any())), mask)
-        ids = np.empty((len(rows), k), np.int64)
-        scores = np.empty((len(rows), k), np.float32)
+        # The query item takes one slot when it passes the filter: ask one more, drop it.
+        res = self._search(q, min(k + 1, available), mask)
         for i, pid in enumerate(pids.tolist()):
             keep = res.ids[i] != pid
-            ids[i], scores[i] = res.ids[i][keep][:k], res.scores[i][keep][:k]
+            got_ids, got_scores = res.ids[i][keep][:k], res.scores[i][keep][:k]
+            ids[i, : len(got_ids)], scores[i, : len(got_ids)] = got_ids, got_scores
         return SearchResult(ids, scores)
 
     def _filter(self, category: Category) -> tuple[np.ndarray | None, str]:
@@ -534,10 +649,18 @@ class LocalIndex(ABC):
             raise CategoryError(f"this index {has} categories: pass categories= accordingly")
         cats = None if categories is None else as_categories(categories, v.shape[0])
         self._add(v, new_ids, cats)
-        self._ids = np.concatenate([self._ids, new_ids])
+        # Amortised O(1) appends: adding in chunks stays linear in the items added.
+        if self._id_buf is None:
+            self._id_buf = GrowableArray(self._ids)
+        self._id_buf.extend(new_ids)
+        self._ids = self._id_buf.values
         if cats is not None:
-            self._categories = np.concatenate([self._categories, cats])
+            if self._cat_buf is None:
+                self._cat_buf = GrowableArray(self._categories)
+            self._cat_buf.extend(cats)
+            self._categories = self._cat_buf.values
         self._sorter = None
+        self._manifest = None  # no longer the index of one vector store
 
     def remove(self, ids: Any) -> None:
         """Remove items by product id (UnknownIdError if one is not in the index)."""
@@ -547,9 +670,12 @@ class LocalIndex(ABC):
         keep = np.ones(len(self), bool)
         keep[rows] = False
         self._ids = self._ids[keep]
+        self._id_buf = None
         if self._categories is not None:
             self._categories = self._categories[keep]
+            self._cat_buf = None
         self._sorter = None
+        self._manifest = None
 
     def _add(self, v: np.ndarray, ids: np.ndarray, categories: np.ndarray | None) -> None:
         raise NotSupportedError(f"{self.method} cannot add items: rebuild instead")
@@ -560,29 +686,21 @@ class LocalIndex(ABC):
     # -- persistence --
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index to directory `path` (created if needed) and return it.
+        """Write the index under directory `path` as a new version; return that version.
 
-        Layout: <engine_file> (the engine's own format, if any), ids.npy [n] int64,
-        categories.npy [n] int64 (only if built with categories), and meta.json:
-        format, method, metric, dim, n, params (runtime knobs), build_params, source,
-        engine_version, files. Each file is written to a temp name then renamed, meta.json
-        last: processes serving the old files keep them, and no half-written index loads.
+        Layout: `path/current` -> `path/v-<time>/` holding <engine_file> (the engine's own
+        format, if any), ids.npy [n] int64, categories.npy [n] int64 (only if built with
+        categories), meta.json (format, method, metric, dim, n, params, build_params,
+        source, engine_version, files, manifest) and manifest.json (settings + the vector
+        store it was built from). The version is written whole, then `current` is swapped:
+        a reader never pairs new engine data with old ids, and processes serving the
+        previous version keep it (the two newest versions are kept).
         """
-        d = Path(path)
-        d.mkdir(parents=True, exist_ok=True)
         files: dict[str, str | None] = {
             "engine": self.engine_file,
             "ids": IDS_FILE,
-            "categories": None,
+            "categories": CATEGORIES_FILE if self._categories is not None else None,
         }
-        if self.engine_file:
-            atomic_write(d / self.engine_file, self._save_engine)
-        atomic_write(d / IDS_FILE, lambda p: _save_npy(p, self._ids))
-        if self._categories is not None:
-            atomic_write(d / CATEGORIES_FILE, lambda p: _save_npy(p, self._categories))
-            files["categories"] = CATEGORIES_FILE
-        else:
-            (d / CATEGORIES_FILE).unlink(missing_ok=True)
         meta = {
             "format": FORMAT_VERSION,
             "method": self.method,
@@ -594,28 +712,57 @@ class LocalIndex(ABC):
             "source": self._source,
             "engine_version": self._engine_version(),
             "files": files,
+            "manifest": self.manifest,
         }
-        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        atomic_write(d / META_FILE, lambda p: p.write_text(text))
-        return d
+
+        def write(d: Path) -> None:
+            if self.engine_file:
+                self._save_engine(d / self.engine_file)
+            _save_npy(d / IDS_FILE, self._ids)
+            if self._categories is not None:
+                _save_npy(d / CATEGORIES_FILE, self._categories)
+            artifacts.write_manifest(d, self.manifest)
+            artifacts.write_json(d / META_FILE, meta)
+
+        artifacts.publish_version(Path(path), write)
+        return Path(path)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """What built this index: method, build parameters, and the vectors it came from."""
+        if self._manifest is None:
+            self._manifest = _index_manifest(self, None)
+        return self._manifest
 
     @classmethod
     def load(
-        cls: type[L], path: str | os.PathLike, *, expect_source: Mapping[str, Any] | None = None
+        cls: type[L],
+        path: str | os.PathLike,
+        *,
+        expect_source: Mapping[str, Any] | None = None,
+        vectors: Any = None,
     ) -> L:
-        """Load a directory written by `save`. expect_source: refuse (IndexMismatchError)
-        unless meta.json's source has these values, e.g. {"model": "resnet50"}."""
-        d = Path(path)
+        """Load a directory written by `save` (its current version).
+
+        vectors: the VectorStore (or its manifest) the index must have been built from:
+            an index of another image size, level, backend or catalogue is refused
+            (IndexMismatchError naming the difference).
+        expect_source: refuse unless meta.json's source has these values.
+        """
+        d = artifacts.resolve_version(path)
         meta = read_meta(d)
         if meta["method"] != cls.method:
             raise IndexMismatchError(f"{d} holds a {meta['method']!r} index, not {cls.method!r}")
         check_source(meta.get("source", {}), expect_source, str(d))
+        if vectors is not None:
+            check_vectors(meta, vectors, str(path))
         mode = "r" if cls.mmap_arrays else None
         ids = np.load(d / IDS_FILE, mmap_mode=mode)
         cats = np.load(d / CATEGORIES_FILE, mmap_mode=mode) if meta["files"]["categories"] else None
         if len(ids) != meta["n"] or (cats is not None and len(cats) != meta["n"]):
             raise IndexMismatchError(f"{d}: meta.json says n={meta['n']}, ids.npy has {len(ids)}")
         index = cls._load(d, meta, ids, cats)
+        index._manifest = meta.get("manifest")
         if index.dim != meta["dim"]:
             raise IndexMismatchError(
                 f"{d}: engine file has dim {index.dim}, meta.json {meta['dim']}"
@@ -634,6 +781,21 @@ class LocalIndex(ABC):
 
     def _engine_version(self) -> str | None:
         return None
+
+
+def _empty(nq: int) -> SearchResult:
+    return SearchResult(np.zeros((nq, 0), np.int64), np.zeros((nq, 0), np.float32))
+
+
+def _index_manifest(index: LocalIndex, store: Mapping[str, Any] | None) -> dict[str, Any]:
+    settings = {"method": index.method, "build_params": index.build_params, "dim": index.dim,
+                "n": len(index)}
+    if store is None:
+        return artifacts.make_manifest("index", settings)
+    return artifacts.make_manifest(
+        "index", settings, inputs={"vectors": store["id"]},
+        chain={"vectors": store.get("settings", {}),
+               "catalogue": store.get("chain", {}).get("catalogue", {})})
 
 
 def _save_npy(path: Path, a: np.ndarray) -> None:

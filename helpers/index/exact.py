@@ -20,6 +20,7 @@ from helpers.index.base import (
     Knobs,
     LocalIndex,
     SearchResult,
+    UnitChunks,
     as_unit_vectors,
     check_k,
 )
@@ -90,7 +91,7 @@ class ExactIndex(LocalIndex):
     @classmethod
     def _build(
         cls,
-        vectors: np.ndarray,
+        chunks: UnitChunks,
         ids: np.ndarray,
         categories: np.ndarray | None,
         source: dict[str, Any],
@@ -98,7 +99,7 @@ class ExactIndex(LocalIndex):
         block_mib: int = DEFAULT_BLOCK_MIB,
     ) -> ExactIndex:
         knobs = Knobs({"block_mib": 1}, {"block_mib": block_mib})
-        return cls(vectors, ids, categories, knobs, {}, source)
+        return cls(chunks.all(), ids, categories, knobs, {}, source)
 
     def _search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> SearchResult:
         block = self.params["block_mib"]

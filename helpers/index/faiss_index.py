@@ -47,6 +47,7 @@ from helpers.index.base import (
     NotSupportedError,
     SearchResult,
     TrainingError,
+    UnitChunks,
 )
 from helpers.index.exact import _top_k
 
@@ -57,6 +58,7 @@ DEFAULT_NPROBE = 32
 DEFAULT_EF_SEARCH = 64
 DEFAULT_K_FACTOR = 4
 MIN_POINTS_PER_LIST = 39  # below this FAISS k-means warns; we warn too
+TRAIN_CAP = 500_000  # default training sample: k-means and PQ gain nothing from more
 
 
 def _unwrap(index: faiss.Index) -> faiss.Index:
@@ -111,7 +113,7 @@ class FaissIndex(LocalIndex):
     @classmethod
     def _build(
         cls,
-        vectors: np.ndarray,
+        chunks: UnitChunks,
         ids: np.ndarray,
         categories: np.ndarray | None,
         source: dict[str, Any],
@@ -124,8 +126,8 @@ class FaissIndex(LocalIndex):
     ) -> FaissIndex:
         """factory: FAISS index-factory string, e.g. "HNSW32", "IVF1024,Flat".
         efConstruction: HNSW build beam (FAISS default 40): higher = better graph, slower.
-        train_size: train IVF/PQ on a random sample of this many vectors (default: all;
-            FAISS k-means itself samples 256 per list).
+        train_size: train IVF/PQ on a random sample of this many vectors (default: all
+            up to TRAIN_CAP; FAISS k-means itself samples 256 per list).
         seed: for that sample. knobs: initial nprobe / efSearch / k_factor.
         """
         unknown = set(knobs) - {"nprobe", "efSearch", "k_factor"}
@@ -136,7 +138,7 @@ class FaissIndex(LocalIndex):
             )
         if re.search(r"IDMap", factory, re.IGNORECASE):
             raise IndexInputError(f"factory {factory!r}: drop 'IDMap', product ids are mapped here")
-        d = vectors.shape[1]
+        d = chunks.dim
         try:
             index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
@@ -156,14 +158,16 @@ class FaissIndex(LocalIndex):
                 # 5x the k-means time); it only serves Hamming pre-filtering, unused here.
                 layer.do_polysemous_training = False
         if not index.is_trained:
-            _train(index, vectors, factory, train_size, seed)
+            size = train_size if train_size is not None else min(chunks.n, TRAIN_CAP)
+            _train(index, chunks.sample(size, seed), factory)
         ivf = _ivf(index)
         if _native_ids(index):
             # Hashtable direct map: reconstruct(product id), which search_by_id needs.
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         else:
             index = faiss.IndexIDMap2(index)
-        index.add_with_ids(vectors, ids)
+        for start, block in chunks:  # bounded memory: one block of unit vectors at a time
+            index.add_with_ids(block, ids[start:start + len(block)])
         build_params = {"factory": factory}
         if hnsw is not None:
             build_params["efConstruction"] = int(hnsw.hnsw.efConstruction)
@@ -313,10 +317,8 @@ def _search_params(
     return p
 
 
-def _train(index: faiss.Index, v: np.ndarray, factory: str, size: int | None, seed: int) -> None:
+def _train(index: faiss.Index, v: np.ndarray, factory: str) -> None:
     ivf = _ivf(index)
-    if size is not None and size < len(v):
-        v = v[np.random.default_rng(seed).choice(len(v), size, replace=False)]
     if ivf is not None and len(v) < ivf.nlist:
         raise TrainingError(
             f"{factory}: {len(v)} training vectors for nlist={ivf.nlist} lists; need at least "
