@@ -540,8 +540,15 @@ def _per_category(per_cat: dict[str, pd.DataFrame], cats_df: pd.DataFrame | None
 # -- reading the results ------------------------------------------------------------------------
 
 
-def best_method(table: pd.DataFrame, column: str) -> str | None:
-    ok = table[(table["status"] == "ok") & table[column].notna()] if column in table else []
+def best_method(table: pd.DataFrame, column: str, exact_only: bool = True) -> str | None:
+    """The method with the highest ``column``. exact_only: among exact searches (exact,
+    Flat): quality is the embedding's, an approximate index can only lose some of it, and
+    one that scores a hair above its exact search does so by luck."""
+    if column not in table:
+        return None
+    ok = table[(table["status"] == "ok") & table[column].notna()]
+    if exact_only and ok["index"].isin(["exact", "flat"]).any():
+        ok = ok[ok["index"].isin(["exact", "flat"])]
     return None if len(ok) == 0 else str(ok.loc[ok[column].idxmax(), "method"])
 
 
@@ -567,14 +574,15 @@ def advice(table: pd.DataFrame, settings: Mapping[str, Any]) -> str:
         return "No method ran: nothing to recommend."
     n = int(settings.get("n_products", 0))
     out = []
-    best_p = ok[f"p@{k}"].idxmax()
+    best_p = best_method(table, f"p@{k}")
     b = ok.loc[best_p]
     ratio = b[f"p@{k}"] / b[f"chance@{k}"] if b[f"chance@{k}"] > 0 else float("inf")
-    out.append(f"**Related products (same category):** {best_p} ranks best, precision@{k} "
+    out.append(f"**Related products (same category):** {best_p} ranks best of the exact "
+               f"searches, precision@{k} "
                f"{b[f'p@{k}']:.3f} against {b[f'chance@{k}']:.3f} by chance ({ratio:.1f}x) "
                f"and {b[f'ceiling@{k}']:.3f} at best on {n:,} products.")
     if ok["hit@1"].notna().any():
-        best_h = ok["hit@1"].idxmax()
+        best_h = best_method(table, "hit@1")
         h = ok.loc[best_h]
         out.append(f"**The same item again** (another picture of the query's product): "
                    f"{best_h}, hit@1 {h['hit@1']:.3f}, hit@5 {h['hit@5']:.3f}, "
@@ -753,3 +761,27 @@ def plot_galleries(comparison: Comparison, images: Any, query_id: int,
     fig.tight_layout(rect=(0.08, 0, 1, 0.97))
     return fig
 
+
+
+def category_gallery(comparison: Comparison, images: Any, category_id: int,
+                     method: str | None = None, k: int = 8) -> plt.Figure | None:
+    """The first query product of a category and its neighbours under ``method`` (default:
+    the best at precision@k); None if no query of the run is in that category."""
+    from .gallery import Hit, neighbours_figure
+
+    kk = comparison.settings["k"]
+    method = method or best_method(comparison.table, f"p@{kk}")
+    if method is None or method not in comparison.results:
+        return None
+    cats = comparison.categories.set_index("product_id")["category_id"]
+    in_cat = [i for i, q in enumerate(comparison.query_ids.tolist()) if cats.get(q) == category_id]
+    if not in_cat:
+        return None
+    i = in_cat[0]
+    ids_, scores = comparison.results[method]
+    hits = [Hit(int(p), float(s)) for p, s in zip(ids_[i, :k], scores[i, :k], strict=True)
+            if p >= 0]
+    row = comparison.per_category.loc[category_id]
+    title = (f"{row['name']} ({row['level1']}): {method} precision@{kk} "
+             f"{row[f'{method} p@{kk}']:.2f}, chance {row['chance']:.2f}")
+    return neighbours_figure(images, Hit(int(comparison.query_ids[i])), hits, title)
