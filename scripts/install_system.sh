@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the tests and benchmarks need, installed only when missing.
 set -euo pipefail
-packages=(dataset-fashion-mnist)
+# maven: fetches the Elasticsearch test node from Maven Central (helpers/servers.py).
+packages=(dataset-fashion-mnist maven)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
