@@ -1,0 +1,183 @@
+"""Simulated full-scale data with the real Cdiscount category skew.
+
+    python bench/simulate.py bson --size-gb 3          # bench/data/scale.bson
+    python bench/simulate.py vectors --n 1000000       # bench/data/vectors-1000000/
+
+``category_image_counts_level3.csv`` holds the real full-train picture count of each of
+the 5,263 level-3 categories (12,371,293 pictures). Both generators draw categories
+with those weights:
+
+- ``bson``: real documents (the 82-product Kaggle sample and the 1,000-product built-in
+  sample) replicated with new ids and a category drawn from the real skew: real JPEGs,
+  real document sizes, Cdiscount's exact format, for partitioned scan and embedding runs.
+- ``vectors``: 1280-d vectors shaped like MobileNetV2 features (non-negative, the
+  eigenvalue spectrum of real MobileNetV2 vectors of the two samples), one Gaussian
+  cluster per category sized by the real skew, so IVF list imbalance follows it;
+  written as a sharded vector store (``helpers.shards``), the layout Dask embedding writes.
+
+Everything goes under bench/data/ (git-ignored); delete multi-GB files after use.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import bson
+import numpy as np
+import pandas as pd
+
+from helpers.bson_store import iter_records
+from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON
+from helpers.shards import SHARDS, ShardedVectorStore, write_manifest
+from helpers.vectors import VectorWriter
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+
+
+def category_skew(cdiscount_dir: Path = CDISCOUNT_DIR) -> pd.DataFrame:
+    """``category_id``, ``images`` (real full-train count), ``p`` (share of pictures)."""
+    counts = pd.read_csv(cdiscount_dir / "category_image_counts_level3.csv")
+    names = pd.read_csv(cdiscount_dir / "category_names.csv")
+    key = "category_level3"
+    counts[key] = counts[key].str.strip().str.upper()
+    names[key] = names[key].str.strip().str.upper()
+    # A few level-3 names repeat under other level-1/2 names: the first id takes the count.
+    df = counts.merge(names.drop_duplicates(key)[[key, "category_id"]], on=key, how="inner")
+    df = df[["category_id", "images"]].reset_index(drop=True)
+    df["p"] = df["images"] / df["images"].sum()
+    return df
+
+
+def imbalance(sizes: np.ndarray) -> float:
+    """FAISS's imbalance factor: n * sum(size^2) / total^2 (1 = perfectly even lists)."""
+    sizes = np.asarray(sizes, np.float64)
+    return float(len(sizes) * (sizes**2).sum() / sizes.sum() ** 2)
+
+
+# ---------------------------------------------------------------- BSON
+
+
+def source_documents() -> list[dict]:
+    docs = [r.doc for r in iter_records(CDISCOUNT_DIR / "train_example.bson")]
+    return docs + [r.doc for r in iter_records(SAMPLE_BSON)]
+
+
+def make_bson(dst: Path, size_gb: float, seed: int = 0, kaggle_only: bool = False) -> Path:
+    """A Cdiscount-format file of ``size_gb`` GB from real documents (kept if present).
+
+    kaggle_only: the 82 Kaggle documents only (real Cdiscount photos: what embedding
+    speed depends on), not the built-in sample's small Fashion-MNIST JPEGs too.
+    """
+    if dst.exists() and dst.stat().st_size >= size_gb * 1e9 * 0.99:
+        return dst
+    docs, skew = source_documents(), category_skew()
+    docs = docs[:82] if kaggle_only else docs
+    rng = np.random.default_rng(seed)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".tmp")
+    written, next_id = 0, 10_000_000
+    with open(tmp, "wb", buffering=16 << 20) as f:
+        while written < size_gb * 1e9:
+            order = rng.permutation(len(docs))
+            cats = rng.choice(skew["category_id"].to_numpy(), len(docs), p=skew["p"].to_numpy())
+            for i, c in zip(order, cats, strict=True):
+                raw = bson.encode({"_id": next_id, "imgs": docs[i]["imgs"],
+                                   "category_id": int(c)})
+                f.write(raw)
+                written += len(raw)
+                next_id += 1
+    tmp.replace(dst)
+    return dst
+
+
+# ---------------------------------------------------------------- vectors
+
+
+def real_spectrum(image_size: int = 180) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, principal axes and variances of real MobileNetV2 vectors of both samples."""
+    from helpers import catalogue as cat
+    from helpers.embed import embed_catalogue
+    from helpers.models import load_extractor
+
+    cache = DATA / "spectrum.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return z["mean"], z["axes"], z["var"]
+    ex = load_extractor("onnx")
+    vecs = []
+    for name, path in (("real", CDISCOUNT_DIR / "train_example.bson"), ("sample", SAMPLE_BSON)):
+        out = DATA / "spectrum" / name
+        cat.build_catalogue(path, out / "catalogue", progress=False)
+        store = embed_catalogue(cat.load_catalogue(out / "catalogue"), path, ex,
+                                out / "vectors", image_size=image_size, level="image",
+                                progress=False)
+        vecs.append(np.asarray(store.vectors))
+    x = np.concatenate(vecs).astype(np.float64)
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    var = s**2 / (len(x) - 1)
+    np.savez(cache, mean=mean, axes=vt, var=var)
+    return mean, vt, var
+
+
+def make_vectors(n: int, folder: Path, shards: int = 8, within: float = 0.5, seed: int = 0,
+                 chunk: int = 65536) -> tuple[ShardedVectorStore, np.ndarray]:
+    """``n`` simulated image vectors as a sharded store; returns it and their categories.
+
+    within: share of the real variance that lies inside a category (the rest separates
+    category centres). Product ids are the row numbers.
+    """
+    skew = category_skew()
+    rng = np.random.default_rng(seed)
+    mean, axes, var = real_spectrum()
+    r = len(var)
+    cats = rng.choice(len(skew), n, p=skew["p"].to_numpy())
+    centres = (rng.standard_normal((len(skew), r)) * np.sqrt(var * (1 - within))) @ axes
+    spread = (np.sqrt(var * within)[:, None] * axes).astype(np.float32)
+    # Variance the real sample cannot resolve (rank <= its size): a small isotropic floor.
+    floor = np.float32(np.sqrt(var[-1]))
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    metas = []
+    for s in range(shards):
+        d = folder / SHARDS / f"part-{s:05d}"
+        w = VectorWriter(d, 1280, {"model": "simulated-mobilenet_v2", "level": "image"},
+                         resume=False)
+        for a in range(bounds[s], bounds[s + 1], chunk):
+            b = min(a + chunk, bounds[s + 1])
+            x = rng.standard_normal((b - a, r), dtype=np.float32) @ spread
+            x += (mean + centres[cats[a:b]]).astype(np.float32)
+            x += floor * rng.standard_normal(x.shape, dtype=np.float32)
+            np.maximum(x, 0, out=x)  # ReLU6 features: never negative
+            w.append(x, np.arange(a, b), np.full(b - a, -1), b)
+        w.close()
+        metas.append({"path": f"{SHARDS}/part-{s:05d}", "count": int(bounds[s + 1] - bounds[s]),
+                      "range": [int(bounds[s]), int(bounds[s + 1])]})
+    write_manifest(folder, dim=1280, made_by={"model": "simulated-mobilenet_v2",
+                                              "level": "image", "within": within, "seed": seed},
+                   shards=metas)
+    np.save(folder / "categories.npy", skew["category_id"].to_numpy()[cats])
+    return ShardedVectorStore(folder), skew["category_id"].to_numpy()[cats]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("bson")
+    b.add_argument("--size-gb", type=float, default=3.0)
+    b.add_argument("--out", type=Path, default=DATA / "scale.bson")
+    v = sub.add_parser("vectors")
+    v.add_argument("--n", type=int, default=1_000_000)
+    v.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.what == "bson":
+        print(make_bson(args.out, args.size_gb))
+    else:
+        store, _ = make_vectors(args.n, args.out or DATA / f"vectors-{args.n}")
+        print(store)
+
+
+if __name__ == "__main__":
+    main()
