@@ -17,10 +17,13 @@ import ast
 import json
 import os
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import papermill as pm
+from jupyter_client import AsyncKernelManager
 
 from helpers.paths import REPO_ROOT, RUNS_DIR, resolve_data
 
@@ -28,6 +31,27 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 # Kernels inherit these: keep TensorFlow's C++ logs (absl) out of the run's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
+# A notebook failing with one of these has no data to work on: the ones after it would fail
+# the same way, so they are reported as skipped with its message.
+NO_DATA_ERRORS = {"NoProductsError"}
+
+
+class IpcKernelManager(AsyncKernelManager):
+    """Kernels talk to papermill over Unix sockets in a private (0700) folder, not TCP.
+
+    ipykernel logs "Kernel is running over TCP without encryption" to the terminal at every
+    kernel start on TCP (its own logger, in the kernel process, so no filter here can catch
+    it). Over IPC the warning has no reason to be, and no other local user can connect.
+    """
+
+    socket_dir: str | None = None  # set by run(); None: the system temp folder
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if os.name == "posix":
+            self.transport = "ipc"
+            folder = self.socket_dir or tempfile.gettempdir()
+            self.ip = os.path.join(folder, f"k-{uuid.uuid4().hex[:8]}")
 
 
 def find_notebooks(only: str | None) -> list[Path]:
@@ -58,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     if categories is not None and not categories.is_file():
         raise SystemExit(f"error: category file not found: {categories}")
+    if bson_path.stat().st_size == 0:
+        raise SystemExit(f"error: {bson_path} is empty (0 bytes): it holds no products")
     name = args.name or ("sample" if args.bson is None else Path(bson_path).stem)
     run_dir = (args.out or RUNS_DIR) / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -75,26 +101,35 @@ def run(args: argparse.Namespace) -> int:
     declared_any: set[str] = set()
     rows = []
     print(f"run '{name}': {bson_path.name} -> {run_dir}")
-    for nb in books:
-        declared = set(pm.inspect_notebook(str(nb)))
-        declared_any |= declared
-        params = {k: v for k, v in {**common, **extra}.items() if k in declared}
-        out = run_dir / nb.name
-        t0 = time.perf_counter()
-        status, note = "ok", ""
-        try:
-            pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(REPO_ROOT),
-                                kernel_name=args.kernel, progress_bar=False,
-                                request_save_on_cell_execute=False)
-        except pm.PapermillExecutionError as exc:
-            if exc.ename == "ServiceUnavailable":
-                status, note = "skipped", exc.evalue
+    no_data = ""
+    with tempfile.TemporaryDirectory(prefix="vps-kernels-") as sockets:
+        IpcKernelManager.socket_dir = sockets
+        for nb in books:
+            declared = set(pm.inspect_notebook(str(nb)))
+            declared_any |= declared
+            params = {k: v for k, v in {**common, **extra}.items() if k in declared}
+            out = run_dir / nb.name
+            t0 = time.perf_counter()
+            status, note = "ok", ""
+            if no_data:
+                status, note = "skipped", no_data
             else:
-                status, note = "failed", f"{exc.ename}: {exc.evalue}"[:200]
-        secs = time.perf_counter() - t0
-        rows.append({"notebook": nb.stem, "status": status, "seconds": round(secs, 1),
-                     "note": note, "output": str(out)})
-        print(f"  {nb.stem:<20} {status:<8} {secs:7.1f} s  {note}", flush=True)
+                try:
+                    pm.execute_notebook(str(nb), str(out), parameters=params,
+                                        cwd=str(REPO_ROOT), kernel_name=args.kernel,
+                                        progress_bar=False, request_save_on_cell_execute=False,
+                                        kernel_manager_class=IpcKernelManager)
+                except pm.PapermillExecutionError as exc:
+                    if exc.ename == "ServiceUnavailable":
+                        status, note = "skipped", exc.evalue
+                    else:
+                        status, note = "failed", f"{exc.ename}: {exc.evalue}"[:200]
+                    if exc.ename in NO_DATA_ERRORS:
+                        no_data = f"no data: {exc.evalue}"[:200]
+            secs = time.perf_counter() - t0
+            rows.append({"notebook": nb.stem, "status": status, "seconds": round(secs, 1),
+                         "note": note, "output": str(out)})
+            print(f"  {nb.stem:<20} {status:<8} {secs:7.1f} s  {note}", flush=True)
     unused = set(extra) - declared_any
     if unused:
         print(f"warning: -p {sorted(unused)} not declared by any notebook run", file=sys.stderr)

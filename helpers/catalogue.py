@@ -72,6 +72,24 @@ class CatalogueError(ValueError):
     """A catalogue that cannot be built or used as asked (wrong file, stale artifact)."""
 
 
+class NoProductsError(CatalogueError):
+    """The file (or the slice of it asked for) holds no usable product: nothing to search."""
+
+
+def require_products(summary: CatalogueSummary) -> None:
+    """NoProductsError, saying plainly why, unless the catalogue has products (an empty
+    file is a valid dump of zero products, but every later step needs one)."""
+    if summary.products_kept > 0:
+        return
+    if summary.documents == 0:
+        raise NoProductsError(f"{summary.source} holds no products: no BSON document in the "
+                              "file (or in the skip/limit slice asked for)")
+    why = ", ".join(f"{k} {v}" for k, v in sorted(summary.rejects_by_reason.items()))
+    raise NoProductsError(f"{summary.source} holds no usable products: all "
+                          f"{summary.documents:,} documents were rejected ({why}); "
+                          "see rejects.csv")
+
+
 # ---------------------------------------------------------------- categories
 
 
