@@ -47,12 +47,9 @@ mongod: install
 lint: install
 	$(PY) -m ruff check .
 
+# Every benchmark, then one table of this run's figures and targets (bench/README.md).
 bench: install system
-	$(PY) bench/bench_ingest.py
-	$(PY) bench/bench_embed.py
-	$(PY) bench/bench_cosine.py
-	$(PY) bench/bench_ann.py
-	$(PY) bench/bench_ann.py --data synthetic --n 1000000
+	$(PY) -m bench
 
 # Regenerate the committed sample (deterministic) from Fashion-MNIST.
 sample: install system

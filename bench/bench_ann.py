@@ -45,6 +45,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _report import row  # noqa: E402
+
 from helpers.index import build_index  # noqa: E402
 from helpers.index.base import as_unit_vectors  # noqa: E402
 from helpers.metrics import measure_qps, recall_at_k  # noqa: E402
@@ -224,7 +226,7 @@ def run_hnsw_pair(b: Bench, m: int, ef_construction: int, threads: int) -> None:
             return
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", choices=["fashion", "synthetic"], default="fashion")
     ap.add_argument("--n", type=int, default=100_000, help="base vectors (default 100k)")
@@ -242,7 +244,7 @@ def main() -> None:
         help="comma-separated subset (hnsw runs FAISS HNSW and hnswlib)",
     )
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     methods = set(args.methods.split(","))
     rng = np.random.default_rng(args.seed)
     threads = faiss.omp_get_max_threads()
@@ -301,15 +303,19 @@ def main() -> None:
         gc.collect()
     if "hnsw" in methods:
         run_hnsw_pair(b, args.M, args.ef_construction, threads)
-    report(b, args, threads)
+    return report(b, args, threads)
 
 
-def report(b: Bench, args: argparse.Namespace, threads: int) -> None:
+def report(b: Bench, args: argparse.Namespace, threads: int) -> list[dict]:
+    """Print the verdict tables; return the figures (bench/_report.py rows)."""
     exact = {r.method: r.qps for r in b.rows if r.method in ("exact numpy", "faiss Flat")}
     numpy_qps = exact.get("exact numpy", float("nan"))
     flat_qps = exact.get("faiss Flat", float("nan"))
     strict = max(exact.values(), default=float("nan"))  # the verdict uses the faster exact
     goal = 10 if args.n < 1_000_000 else 20
+    size = f"{args.n / 1e6:g}M" if args.n >= 1_000_000 else f"{args.n // 1000}k"
+    where = f"{size} {args.data}, recall@{b.k} >= {b.target}"
+    figures = []
     print(
         f"\n## fastest setting with recall@{b.k} >= {b.target}; x numpy / x Flat = QPS over "
         f"exact numpy ({numpy_qps:,.0f}) / FAISS Flat ({flat_qps:,.0f}); target >= {goal}x "
@@ -332,11 +338,16 @@ def report(b: Bench, args: argparse.Namespace, threads: int) -> None:
             f"{method:<28} {r.setting:<22} {r.recall:>6.3f} {r.qps:>9,.0f} "
             f"{r.qps / numpy_qps:>7.1f}x {r.qps / flat_qps:>6.1f}x {r.build_s:>7.1f}  {verdict}"
         )
+        if method not in exact and not method.startswith("hnswlib"):
+            reached = best(rows, b.target) is not None
+            figures.append(row(f"{method} vs the faster exact search, {where}",
+                               r.qps / strict if reached else float("nan"), goal,
+                               note="" if reached else f"recall tops at {r.recall:.3f}"))
 
     f_rows = [r for r in b.rows if r.method.startswith("faiss HNSW")]
     h_rows = [r for r in b.rows if r.method.startswith("hnswlib")]
     if not (f_rows and h_rows):
-        return
+        return figures
     print(
         f"\n## FAISS HNSW / hnswlib: M={args.M}, efConstruction={args.ef_construction}, "
         f"{threads} threads each, batches of {args.nq}; target >= 0.8x"
@@ -349,6 +360,8 @@ def report(b: Bench, args: argparse.Namespace, threads: int) -> None:
             f"{fb.recall:.3f} {fb.qps:,.0f} q/s, hnswlib {hb.setting} {hb.recall:.3f} "
             f"{hb.qps:,.0f} q/s: {ratio:.2f}x  {'met' if ratio >= 0.8 else 'short'}"
         )
+        figures.append(row(f"FAISS HNSW{args.M} vs hnswlib at equal recall, {where}", ratio,
+                           0.8))
     pair = next(
         (p for p in zip(f_rows, h_rows, strict=True) if min(p[0].recall, p[1].recall) >= b.target),
         None,
@@ -361,6 +374,7 @@ def report(b: Bench, args: argparse.Namespace, threads: int) -> None:
             f"recall {h.recall:.3f} {h.qps:,.0f} q/s: {ratio:.2f}x  "
             f"{'met' if ratio >= 0.8 else 'short'}"
         )
+    return figures
 
 
 if __name__ == "__main__":

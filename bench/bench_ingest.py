@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import bson
 
-from helpers.bson_store import iter_records
-from helpers.catalogue import build_catalogue
-from helpers.paths import CDISCOUNT_DIR
-
 HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # run as a script from anywhere
+
+from _report import row  # noqa: E402
+
+from helpers.bson_store import iter_records  # noqa: E402
+from helpers.catalogue import build_catalogue  # noqa: E402
+from helpers.paths import CDISCOUNT_DIR  # noqa: E402
 
 
 def make_big(src: Path, dst: Path, size_gb: float) -> Path:
@@ -62,7 +66,7 @@ def raw_read(path: Path, chunk: int = 8 << 20, cold: bool = False) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gb", type=float, default=1.0)
@@ -70,7 +74,7 @@ def main() -> None:
     ap.add_argument("--file", type=Path, default=HERE / "data" / "big.bson")
     ap.add_argument("--workers", type=int, default=os.cpu_count(),
                     help="catalogue processes (default: all cores)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     path = make_big(args.source, args.file, args.size_gb)
     size, mb = path.stat().st_size, path.stat().st_size / 1e6
     cats = CDISCOUNT_DIR / "category_names.csv"
@@ -109,10 +113,15 @@ def main() -> None:
     warm_raw = rows[1][1]
     print(f"{'catalogue, every JPEG decoded, 1 worker':<44}{dec_mb / dec_s:>9,.0f}"
           f"{n_slice / dec_s:>12,.0f}{(dec_mb / dec_s) / (mb / warm_raw):>8.2f}x")
+    figures = []
     for cold, raw, cat_s in rows:
         ratio = raw / cat_s
-        print(f"target catalogue >= 0.5x raw read ({'cold' if cold else 'warm'}): "
+        tag = "cold" if cold else "warm"
+        print(f"target catalogue >= 0.5x raw read ({tag}): "
               f"{'met' if ratio >= 0.5 else 'short'} ({ratio:.2f}x)")
+        figures.append(row(f"catalogue + offsets vs raw read, {mb / 1e3:.1f} GB, {tag} cache, "
+                           f"{args.workers} workers", ratio, 0.5))
+    return figures
 
 
 if __name__ == "__main__":
