@@ -161,8 +161,7 @@ def build_catalogue(
     bson_store.check_is_bson(bson_path)
     cats = cat.load_categories(categories) if categories is not None else None
     # The same params as catalogue.build_catalogue: its reuse check accepts this catalogue.
-    params = {"skip": 0, "limit": None, "verify_images": verify_images,
-              "categories": str(Path(categories).resolve()) if categories else None}
+    params = cat.catalogue_params(categories, verify_images=verify_images)
     source = cat._source_id(bson_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not force and (out_dir / cat.META).exists():
@@ -225,12 +224,19 @@ def _scan_task(bson_path: str, work: str, start: int, end: int, categories: str 
 # ---------------------------------------------------------------- embedding
 
 
-def onnx_extractor(threads: int = 1, cache_dir: str | None = None) -> Callable[[], Any]:
-    """A picklable recipe for the ONNX MobileNetV2 extractor, built once per worker."""
+def extractor_recipe(backend: str = "onnx", model_handle: str | None = None,
+                     threads: int = 1, cache_dir: str | None = None) -> Callable[[], Any]:
+    """A picklable recipe for ``models.load_extractor(backend, ...)``, called once per
+    worker; ``threads`` per forward pass (1: one core a single-threaded worker)."""
     from .models import load_extractor
 
-    return functools.partial(load_extractor, "onnx", cache_dir=cache_dir,
+    return functools.partial(load_extractor, backend, model_handle, cache_dir=cache_dir,
                              intra_op_threads=threads)
+
+
+def onnx_extractor(threads: int = 1, cache_dir: str | None = None) -> Callable[[], Any]:
+    """The recipe of the ONNX MobileNetV2 extractor (the default)."""
+    return extractor_recipe("onnx", None, threads, cache_dir)
 
 
 _WORKER_EXTRACTORS: dict[str, Any] = {}

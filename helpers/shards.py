@@ -7,7 +7,9 @@
 
 A sharded store is a folder::
 
-    shards.json                  manifest: dim, count, made_by, the shards in row order
+    shards.json                  dim, count, made_by, the shards in row order
+    manifest.json                the same manifest (settings, catalogue, content id) as a
+                                 single store's: indexes built from it check it the same way
     shards/part-00000/ ...       one ``helpers.vectors`` store per shard (vectors.f32,
                                  ids.i64, meta.json, rejects.csv), written by one Dask task
 
@@ -21,7 +23,6 @@ Ids: 16 bytes a row in RAM (200 MB at 12.4 M rows); lookups by binary search, no
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from .vectors import IDS, META, VECTORS, VectorStore, VectorStoreError, encode_item_ids
+from . import artifacts
+from .vectors import (
+    IDS,
+    META,
+    VECTORS,
+    VectorStore,
+    VectorStoreError,
+    encode_item_ids,
+    store_manifest,
+)
 
 MANIFEST = "shards.json"
 SHARDS = "shards"
@@ -38,14 +48,14 @@ FORMAT_VERSION = 1
 
 def write_manifest(folder: str | os.PathLike, *, dim: int, made_by: dict[str, Any],
                    shards: list[dict[str, Any]], **extra: Any) -> None:
-    """Write ``shards.json`` (atomically, last): the store is complete once it exists."""
+    """Write ``manifest.json`` then ``shards.json`` (atomically, last): the store is
+    complete once ``shards.json`` exists."""
     folder = Path(folder)
     meta = {"format_version": FORMAT_VERSION, "dim": dim,
             "count": sum(s["count"] for s in shards), "complete": True,
             "made_by": made_by, "shards": shards, **extra}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, folder / MANIFEST)
+    artifacts.write_manifest(folder, store_manifest(made_by))
+    artifacts.write_json(folder / MANIFEST, meta)
 
 
 class ShardedMatrix:
@@ -133,18 +143,22 @@ class ShardedVectorStore:
         if not path.exists():
             raise VectorStoreError(f"no finished sharded vector store in {self.folder} "
                                    "(run the embedding again to finish it)")
-        self.meta = json.loads(path.read_text())
+        self.meta = artifacts.read_json(path)
+        self.manifest = artifacts.read_manifest(self.folder, missing_ok=True)
+        if self.manifest is None or self.manifest.get("id") != \
+                store_manifest(self.made_by)["id"]:
+            raise VectorStoreError(f"{self.folder}: manifest.json is missing or does not "
+                                   f"match {MANIFEST}: embed again")
         if expect:
-            made = self.meta["made_by"]
-            diff = {k: (made.get(k), v) for k, v in expect.items() if made.get(k) != v}
+            diff = artifacts.settings_diff(self.made_by, dict(expect))
             if diff:
-                raise VectorStoreError(f"{self.folder} was made by other settings: " + "; ".join(
-                    f"{k} is {a!r}, expected {b!r}" for k, (a, b) in diff.items()))
+                raise VectorStoreError(f"{self.folder} was made by other settings: "
+                                       + artifacts.describe_diff(diff, "is", "expected"))
         dim = self.meta["dim"]
         blocks, ids = [], []
         for shard in self.meta["shards"]:
             d, n = self.folder / shard["path"], shard["count"]
-            sub = json.loads((d / META).read_text())  # the shard's own vectors.py meta
+            sub = artifacts.read_json(d / META)  # the shard's own helpers.vectors meta
             if not sub.get("complete") or sub["count"] != n or sub["dim"] != dim:
                 raise VectorStoreError(f"{d}: shard does not match {path} "
                                        f"({sub.get('count')} rows, manifest says {n})")
@@ -170,23 +184,35 @@ class ShardedVectorStore:
         return self.meta["made_by"]
 
     @property
+    def level(self) -> str:
+        return self.made_by.get("level", "product")
+
+    @property
+    def id(self) -> str:
+        """The store's content id (settings + catalogue): a single store's would be equal."""
+        return self.manifest["id"]
+
+    @property
     def shards(self) -> list[dict[str, Any]]:
         return self.meta["shards"]
 
-    def rows(self, item_ids: np.ndarray) -> np.ndarray:
-        """Row numbers of ``item_ids`` (KeyError naming the first unknown one)."""
-        item_ids = np.asarray(item_ids, np.int64)
-        pos = np.searchsorted(self._sorted, item_ids).clip(0, max(len(self._sorted) - 1, 0))
-        found = (self._sorted[pos] == item_ids) if len(self._sorted) \
-            else np.zeros(item_ids.shape, bool)
+    def rows(self, item_ids: Any) -> np.ndarray:
+        """Rows of item ids; KeyError names the ones not in the store."""
+        want = np.atleast_1d(np.asarray(item_ids, np.int64))
+        pos = np.searchsorted(self._sorted, want).clip(0, max(len(self) - 1, 0))
+        found = self._sorted[pos] == want if len(self) else np.zeros(len(want), bool)
         if not found.all():
-            bad = item_ids[~found].ravel()[0]
-            raise KeyError(f"id {bad} is not in the vector store {self.folder}")
+            raise KeyError(f"id(s) {want[~found][:5].tolist()} not in the vector store "
+                           f"{self.folder} ({self.level} level)")
         return self._order[pos]
 
     def vector(self, item_id: int) -> np.ndarray:
         """The stored vector of one item (a product id for product-level stores)."""
-        return np.asarray(self.vectors[int(self.rows(np.array([item_id]))[0])])
+        return np.asarray(self.vectors[int(self.rows([item_id])[0])])
+
+    def chunks(self, rows: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
+        """(start row, block): memmap views, never across shards, never copied."""
+        return self.vectors.chunks(rows)
 
     def __repr__(self) -> str:
         m = self.made_by
