@@ -119,7 +119,7 @@ def parse_product_id(text: Any) -> int:
 
 
 def parse_k(value: Any, default: int = 10) -> int:
-    if value is None or value == "":
+    if value is None:  # absent; present but empty is malformed
         return default
     s = str(value).strip()
     if not s.isdecimal() or not s.isascii() or not 1 <= int(s[:6]) <= MAX_K:
@@ -330,3 +330,20 @@ class Related:
 
                 self._extractor = load_extractor("onnx", intra_op_threads=self.onnx_threads)
             return self._extractor
+
+
+def describe(catalogue: Any, hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    """Hits with what a page shows: category path, label, the picture to show (the hit's
+    own picture at image level, else the product's first usable one; None if it has none)."""
+    if not hits:
+        return []
+    products = {p.product_id: p for p in catalogue.products([h.product_id for h in hits])}
+    out = []
+    for h in hits:
+        p = products[h.product_id]
+        usable = p.usable_images
+        picture = h.image_index if h.image_index is not None else (usable[0] if usable else None)
+        out.append({**h.to_dict(), "category_id": p.category_id,
+                    "category_path": list(p.category_path) if p.category_path else None,
+                    "label": p.label, "picture": picture})
+    return out

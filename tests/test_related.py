@@ -232,6 +232,6 @@ def test_parse_inputs():
         with pytest.raises(RelatedError):
             parse_product_id(bad)
     assert parse_k(None) == 10 and parse_k("7") == 7
-    for bad in ("0", "101", "-3", "x", "2.5", "9" * 40):
+    for bad in ("", "0", "101", "-3", "x", "2.5", "9" * 40):
         with pytest.raises(RelatedError):
             parse_k(bad)
