@@ -25,9 +25,10 @@ from pathlib import Path
 import papermill as pm
 from jupyter_client import AsyncKernelManager
 
-from helpers.paths import REPO_ROOT, RUNS_DIR, resolve_data
+from helpers.paths import RUNS_DIR, resolve_data
 
-NOTEBOOKS = REPO_ROOT / "notebooks"
+ROOT = Path(__file__).resolve().parent  # run_all.py sits beside notebooks/
+NOTEBOOKS = ROOT / "notebooks"
 # Kernels inherit these: keep TensorFlow's C++ logs (absl) out of the run's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 try:
                     pm.execute_notebook(str(nb), str(out), parameters=params,
-                                        cwd=str(REPO_ROOT), kernel_name=args.kernel,
+                                        cwd=str(ROOT), kernel_name=args.kernel,
                                         progress_bar=False, request_save_on_cell_execute=False,
                                         kernel_manager_class=IpcKernelManager)
                 except pm.PapermillExecutionError as exc:

@@ -14,7 +14,8 @@ a killed run called again resumes there and ends with the same catalogue.
 
 from __future__ import annotations
 
-import json
+import errno
+import functools
 import os
 import shutil
 import time
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 from bson.int64 import Int64
 from tqdm.auto import tqdm
 
-from . import bson_store
+from . import artifacts, bson_store
 from .bson_store import MAX_DOC
 from .images import (
     JPEG_EOI,
@@ -42,6 +43,7 @@ from .images import (
     decode_image,
     too_large,
 )
+from .products import catalogue_fingerprint
 
 CATALOGUE = "catalogue.parquet"
 REJECTS = "rejects.csv"
@@ -243,10 +245,33 @@ def _source_id(path: Path) -> dict:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
 
 
+def catalogue_params(categories: str | os.PathLike | None = None, *, skip: int = 0,
+                     limit: int | None = None, verify_images: str = "magic",
+                     max_doc_bytes: int = MAX_DOC, max_image_side: int = MAX_SIDE) -> dict:
+    """The parameters that make a catalogue what it is (with the source file's identity)."""
+    params = {
+        "skip": skip,
+        "limit": limit,
+        "verify_images": verify_images,
+        "categories": str(Path(categories).resolve()) if categories else None,
+    }
+    # Limits join the parameters only when set: catalogues made before they existed,
+    # and helpers.distributed's, keep matching.
+    if max_doc_bytes != MAX_DOC:
+        params["max_doc_bytes"] = max_doc_bytes
+    if max_image_side != MAX_SIDE:
+        params["max_image_side"] = max_image_side
+    return params
+
+
+def catalogue_settings(bson_path: str | os.PathLike, categories: str | os.PathLike | None = None,
+                       **params) -> dict:
+    """What a catalogue's manifest records as its settings: source file + parameters."""
+    return {"source": _source_id(Path(bson_path)), "params": catalogue_params(categories, **params)}
+
+
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)  # atomic: a kill never leaves half a checkpoint
+    artifacts.write_json(path, obj)  # atomic and fsynced: a kill never leaves half a checkpoint
 
 
 def _flush(work: Path, index: int, part: _Part) -> None:
@@ -256,6 +281,32 @@ def _flush(work: Path, index: int, part: _Part) -> None:
     rej.to_parquet(work / f"rejects-{index:05d}.parquet")
 
 
+# A full disk (or quota, or file size limit) while writing.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _disk_full_is_one_error(build):
+    """A disk filling up mid-build becomes one ``CatalogueError`` that names the folder
+    and says the run resumes, instead of an ``OSError`` from deep in pyarrow. Every
+    checkpoint is written atomically, so the last one stays usable."""
+
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs):
+        try:
+            return build(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL and "No space left" not in str(exc):
+                raise
+            out_dir = kwargs.get("out_dir", args[1] if len(args) > 1 else "out_dir")
+            raise CatalogueError(
+                f"cannot write the catalogue in {out_dir}: {exc.strerror or exc}. Free some "
+                "space and call build_catalogue again: it resumes from its last checkpoint"
+            ) from exc
+
+    return wrapper
+
+
+@_disk_full_is_one_error
 def build_catalogue(
     bson_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -303,18 +354,8 @@ def build_catalogue(
     bson_store.check_is_bson(bson_path)
     cats = load_categories(categories) if categories is not None else None
 
-    params = {
-        "skip": skip,
-        "limit": limit,
-        "verify_images": verify_images,
-        "categories": str(Path(categories).resolve()) if categories else None,
-    }
-    # Limits join the parameters only when set: catalogues made before they existed,
-    # and helpers.distributed's, keep matching.
-    if max_doc_bytes != MAX_DOC:
-        params["max_doc_bytes"] = max_doc_bytes
-    if max_image_side != MAX_SIDE:
-        params["max_image_side"] = max_image_side
+    params = catalogue_params(categories, skip=skip, limit=limit, verify_images=verify_images,
+                              max_doc_bytes=max_doc_bytes, max_image_side=max_image_side)
     source = _source_id(bson_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not force and (out_dir / META).exists():
@@ -346,7 +387,7 @@ def _plan(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
     """The byte ranges of this run: an interrupted run's plan, or a new one."""
     path = work / "plan.json"
     if resume and path.exists():
-        plan = json.loads(path.read_text())
+        plan = artifacts.read_json(path)
         if plan["source"] == source and plan["params"] == params:
             return plan
         raise CatalogueError(
@@ -381,7 +422,7 @@ def _scan_range(bson_path: str, work: str, start: int, end: int, limit: int | No
     work_dir = Path(work)
     ckpt = work_dir / "checkpoint.json"
     if ckpt.exists():
-        state = json.loads(ckpt.read_text())
+        state = artifacts.read_json(ckpt)
     else:
         work_dir.mkdir(parents=True, exist_ok=True)
         state = {"start": start, "end": end, "next_offset": start, "documents": 0,
@@ -478,11 +519,15 @@ def _finalize(out_dir: Path, plan: dict, states: list[dict],
     )
     if summary.documents != summary.products_kept + summary.products_rejected:
         raise AssertionError(f"lost products: {summary}")  # an invariant, never expected
-    df.to_parquet(out_dir / CATALOGUE, index=False)
-    rej.to_csv(out_dir / REJECTS, index=False)
+    artifacts.atomic_write(out_dir / CATALOGUE, lambda t: df.to_parquet(t, index=False))
+    artifacts.atomic_write(out_dir / REJECTS, lambda t: rej.to_csv(t, index=False))
+    manifest = artifacts.make_manifest(
+        "catalogue", {"source": plan["source"], "params": plan["params"]})
+    manifest["fingerprint"] = catalogue_fingerprint(df)  # what vector stores name as input
+    artifacts.write_manifest(out_dir, manifest)
     meta = {"format_version": FORMAT_VERSION, "source": plan["source"],
             "params": plan["params"], "summary": asdict(summary)}
-    _write_json(out_dir / META, meta)
+    _write_json(out_dir / META, meta)  # last: its presence means "finished"
     shutil.rmtree(out_dir / WORK)
     return summary
 
@@ -499,7 +544,7 @@ def load_catalogue(out_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def load_meta(out_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(out_dir) / META).read_text())
+    return artifacts.read_json(Path(out_dir) / META)
 
 
 def load_rejects(out_dir: str | os.PathLike) -> pd.DataFrame:

@@ -1,6 +1,9 @@
 """Image grids for the notebooks: catalogue samples and query + neighbours.
 
-Every picture is read from the BSON store by the offset in the catalogue.
+Products come from a `Catalogue` and their pictures from an `ImageSource` (the BSON
+store by offset, a JPEG folder...). Item ids are product ids at product level and packed
+image ids at image level (`helpers.ids`): the gallery decodes them to show the picture
+that was matched.
 ``Gallery`` is the live view (a dropdown of query products and a k slider,
 ipywidgets) for JupyterLab; with ``interactive=False`` -- what ``run_all.py``
 passes -- it draws the same grid as a static matplotlib figure, so papermill
@@ -18,8 +21,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .bson_store import BsonImageStore
-from .images import ImageError, decode_image
+from . import ids as item_ids
+from .image_source import BsonImageSource, ImageSource
+from .image_source import image as source_image
+from .images import decode_image
+from .products import Catalogue, ParquetCatalogue
 
 # A search callable: (product_id, k) -> list of hits, best first.
 SearchFn = Callable[[int, int], Sequence["Hit"]]
@@ -33,22 +39,22 @@ class Hit:
 
 
 class ProductImages:
-    """Pictures and labels of catalogue products, by product id."""
+    """Pictures and labels of catalogue products, by product id.
 
-    def __init__(self, catalogue: pd.DataFrame, bson_path: str | os.PathLike) -> None:
-        self.df = catalogue.set_index("product_id", drop=False)
-        self.store = BsonImageStore(bson_path)
+    ``ProductImages(catalogue, source)`` with a `Catalogue` and an `ImageSource`; a
+    catalogue DataFrame and a BSON path are accepted too.
+    """
+
+    def __init__(self, catalogue: Catalogue | pd.DataFrame,
+                 source: ImageSource | str | os.PathLike) -> None:
+        self.catalogue = (ParquetCatalogue(catalogue) if isinstance(catalogue, pd.DataFrame)
+                          else catalogue)
+        self.source = (BsonImageSource(source) if isinstance(source, str | os.PathLike)
+                       else source)
 
     def image(self, product_id: int, image_index: int | None = None) -> np.ndarray:
-        row = self.df.loc[product_id]
-        pics = self.store.pictures(int(row["offset"]), int(row["length"]))
-        bad = set(np.asarray(row["bad_images"]).tolist())
-        if image_index is None:
-            image_index = next(i for i in range(len(pics)) if i not in bad)
-        try:
-            return decode_image(pics[image_index])
-        except ImageError:
-            return np.full((180, 180, 3), 200, np.uint8)  # grey tile: shown, not hidden
+        """One picture (the first usable by default); a grey tile if it does not decode."""
+        return source_image(self.source, self.catalogue.product(int(product_id)), image_index)
 
     def new_photo(self, product_id: int, path: str | os.PathLike) -> Path:
         """Save a picture of ``product_id`` that is *not* in the catalogue: mirrored,
@@ -64,8 +70,7 @@ class ProductImages:
         return path
 
     def label(self, product_id: int, width: int = 22) -> str:
-        name = self.df.loc[product_id].get("category_level3")
-        name = "?" if name is None or pd.isna(name) else str(name)
+        name = self.catalogue.product(int(product_id)).label
         return name if len(name) <= width else name[: width - 1] + "…"
 
 
@@ -86,10 +91,20 @@ def product_grid(
     return fig
 
 
-def to_hits(result, row: int = 0) -> list[Hit]:
-    """One query's row of a ``SearchResult`` as gallery hits (empty slots, id -1, dropped)."""
-    return [Hit(int(i), float(s)) for i, s in zip(result.ids[row], result.scores[row],
-                                                   strict=True) if i >= 0]
+def to_hits(result, row: int = 0, level: str = "product") -> list[Hit]:
+    """One query's row of a ``SearchResult`` as gallery hits; padding (id -1) is dropped.
+
+    level: ``"image"`` decodes packed image ids, so the hit shows the matched picture.
+    """
+    found = [(int(i), float(s)) for i, s in zip(result.ids[row], result.scores[row],
+                                                strict=True) if i >= 0]
+    return [as_hit(i, level, s) for i, s in found]
+
+
+def as_hit(item_id: int, level: str = "product", score: float | None = None) -> Hit:
+    """A gallery hit for an index item id (product id, or packed image id)."""
+    pid, idx = item_ids.product_of(item_id, level)
+    return Hit(pid, score, idx)
 
 
 def neighbours_figure(
@@ -125,26 +140,26 @@ def neighbours_figure(
     return fig
 
 
-def searcher(index, catalogue: pd.DataFrame | None = None,
-             same_category: bool = False) -> SearchFn:
-    """A gallery search function over any index of the protocol (by product id).
+def searcher(index, catalogue: Catalogue | pd.DataFrame | None = None,
+             same_category: bool = False, level: str = "product") -> SearchFn:
+    """A gallery search function over any index of the protocol, by item id.
 
-    same_category: only neighbours in the query's category (needs ``catalogue``).
+    same_category: only neighbours in the query product's category (needs ``catalogue``).
+    level: the index's level; ``"image"`` ids are decoded for the catalogue and the hits.
     """
     if same_category and catalogue is None:
         raise ValueError("same_category=True needs the catalogue")
-    cats = (dict(zip(catalogue["product_id"], catalogue["category_id"], strict=True))
-            if same_category else {})
-    sizes = catalogue["category_id"].value_counts().to_dict() if same_category else {}
+    if isinstance(catalogue, pd.DataFrame):
+        catalogue = ParquetCatalogue(catalogue)
+    item_ids.check_level(level)
 
-    def search(product_id: int, k: int) -> list[Hit]:
+    def search(item_id: int, k: int) -> list[Hit]:
         category = None
         if same_category:
-            category = int(cats[product_id])
-            k = min(k, sizes[category] - 1)  # a small category has fewer than k others
-            if k < 1:
-                return []
-        return to_hits(index.search_by_id(product_id, k, category=category))
+            pid, _ = item_ids.product_of(item_id, level)
+            category = int(catalogue.category_ids([pid])[0])
+        # Up to k results: a small category pads the rest, which to_hits drops.
+        return to_hits(index.search_by_id(item_id, k, category=category), level=level)
 
     return search
 
@@ -159,14 +174,16 @@ class Gallery:
         queries: Sequence[int],
         k: int = 8,
         title: str = "",
+        level: str = "product",
     ) -> None:
         self.images, self.search, self.queries, self.k, self.title = (
-            images, search, list(queries), k, title)
+            images, search, [int(q) for q in queries], k, title)
+        self.level = item_ids.check_level(level)
 
-    def figure(self, product_id: int, k: int | None = None) -> plt.Figure:
-        hits = self.search(int(product_id), k or self.k)
+    def figure(self, item_id: int, k: int | None = None) -> plt.Figure:
+        hits = self.search(int(item_id), k or self.k)
         title = self.title if hits else f"{self.title} (no neighbour to show)"
-        return neighbours_figure(self.images, Hit(int(product_id)), hits, title)
+        return neighbours_figure(self.images, as_hit(item_id, self.level), hits, title)
 
     def widget(self):
         """The live view: a query dropdown and a k slider above the grid (ipywidgets)."""

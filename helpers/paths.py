@@ -1,17 +1,37 @@
-"""Where things are: the built-in sample, the shared Kaggle sample, run folders."""
+"""Where things are: the built-in sample, the shared Kaggle sample, run folders.
+
+Nothing here is relative to a repository checkout: the built-in sample is package data
+(read through importlib.resources), runs go below the current folder (or
+``$VPS_RUNS_DIR``), and the real Kaggle sample is found through ``$CDISCOUNT_DIR`` or
+beside the current folder (``../shared/data/cdiscount``, the layout of a checkout).
+"""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+# Package data: present in an editable checkout and in an installed wheel alike.
+SAMPLE_DIR = Path(str(resources.files("helpers") / "sample_data"))
 SAMPLE_BSON = SAMPLE_DIR / "fashion_sample.bson"
 SAMPLE_CATEGORIES = SAMPLE_DIR / "fashion_sample_categories.csv"
-# The real Kaggle sample, kept beside the project (never copied into it).
-CDISCOUNT_DIR = Path(os.environ.get("CDISCOUNT_DIR", REPO_ROOT.parent / "shared/data/cdiscount"))
-RUNS_DIR = REPO_ROOT / "runs"
+RUNS_DIR = Path(os.environ.get("VPS_RUNS_DIR", Path.cwd() / "runs"))
+
+
+def _cdiscount_dir() -> Path:
+    """The real Kaggle sample, kept beside the project (never copied into it)."""
+    if os.environ.get("CDISCOUNT_DIR"):
+        return Path(os.environ["CDISCOUNT_DIR"]).expanduser()
+    here = Path.cwd().resolve()
+    for base in (here, *here.parents):
+        candidate = base.parent / "shared" / "data" / "cdiscount"
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "shared" / "data" / "cdiscount"  # named in "not found" messages
+
+
+CDISCOUNT_DIR = _cdiscount_dir()
 
 
 def resolve_data(

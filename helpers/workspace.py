@@ -1,25 +1,35 @@
 """Where a run keeps its artifacts, and the steps every notebook starts with.
 
-Each notebook reads on its own: it asks for the catalogue and the vectors it
-needs, and they are built the first time and reused after (same file, same
-settings), so ``03_faiss`` run alone works, and run after ``02`` costs nothing.
+Each notebook reads on its own: it asks for the catalogue and the vectors it needs, and
+they are built the first time and reused after, so ``03_faiss`` run alone works, and run
+after ``02`` costs nothing. Every artifact folder is named by the settings that made it,
+so two runs with another ``limit``, image size, level or backend never overwrite each
+other (and a 12-hour embedding is never rebuilt over)::
 
     work_dir/
-      catalogue/                         catalogue.parquet, rejects.csv, catalogue.json
-      vectors/<model>-<backend>-<size>px-<level>/   vector store
-      index/<name>/                      saved indexes
+      catalogue/<file>-<settings id>/            catalogue.parquet, rejects.csv, manifest.json
+      vectors/<model>-<backend>-<size>px-<level>-<catalogue id>/   vector store + manifest
+      index/<name>/current -> v-<time>/          saved indexes, one immutable version each
+
+`find` lists the artifacts of a run by kind, newest first (what the apps load).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
-
+from . import artifacts
 from . import catalogue as cat
 from .embed import embed_catalogue
+from .image_source import BsonImageSource, ImageSource
+from .products import Catalogue, ParquetCatalogue
 from .vectors import VectorStore
+
+log = logging.getLogger(__name__)
+KINDS = ("catalogue", "vectors", "index")
 
 
 class Workspace:
@@ -27,31 +37,67 @@ class Workspace:
         self.root = Path(work_dir)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    @property
-    def catalogue_dir(self) -> Path:
-        return self.root / "catalogue"
+    def catalogue_dir(self, bson_path: str | os.PathLike,
+                      categories: str | os.PathLike | None = None, **params: Any) -> Path:
+        """The folder of the catalogue of ``bson_path`` made with these parameters."""
+        settings = cat.catalogue_settings(bson_path, categories, **params)
+        return self.root / "catalogue" / f"{Path(bson_path).stem}-{artifacts.content_id(settings)}"
 
-    def vectors_dir(self, model: str, backend: str, image_size: int, level: str) -> Path:
-        return self.root / "vectors" / f"{model}-{backend}-{image_size}px-{level}"
+    def vectors_dir(self, extractor_meta: dict[str, Any], image_size: int, level: str,
+                    catalogue: Catalogue) -> Path:
+        m = extractor_meta
+        precision = m.get("precision")
+        backend = m.get("backend", "")
+        if precision and precision != "fp32":
+            backend = f"{backend}-{precision}"
+        name = "-".join(str(x) for x in (m.get("model", "model"), backend) if x)
+        return (self.root / "vectors"
+                / f"{name}-{image_size}px-{level}-{catalogue.fingerprint[:10]}")
 
     def index_dir(self, name: str) -> Path:
         return self.root / "index" / name
 
     def catalogue(self, bson_path: str | os.PathLike, categories: str | os.PathLike | None,
-                  limit: int | None = None, **kw) -> pd.DataFrame:
+                  limit: int | None = None, **kw: Any) -> ParquetCatalogue:
         """The run's catalogue: built on first use, then reused."""
-        summary = cat.build_catalogue(bson_path, self.catalogue_dir, categories, limit=limit,
-                                      progress=kw.pop("progress", False), **kw)
-        print(f"catalogue: {summary.products_kept:,} products, {summary.images_kept:,} images, "
-              f"{summary.categories} categories ({summary.products_rejected} rejected)")
-        return cat.load_catalogue(self.catalogue_dir)
+        progress = kw.pop("progress", False)
+        workers = kw.pop("workers", 1)
+        folder = self.catalogue_dir(bson_path, categories, limit=limit, **kw)
+        summary = cat.build_catalogue(bson_path, folder, categories, limit=limit,
+                                      progress=progress, workers=workers, **kw)
+        log.info("catalogue: %s products, %s images, %s categories (%s rejected)",
+                 f"{summary.products_kept:,}", f"{summary.images_kept:,}",
+                 summary.categories, summary.products_rejected)
+        return ParquetCatalogue.open(folder)
 
-    def vectors(self, df: pd.DataFrame, bson_path: str | os.PathLike, extractor,
-                image_size: int = 224, level: str = "product", **kw) -> VectorStore:
-        """The vector store for this extractor and settings: embedded once, then reused."""
-        folder = self.vectors_dir(extractor.name, extractor.backend, image_size, level)
-        # Derived data: a store made from another catalogue or settings is rebuilt.
-        store = embed_catalogue(df, bson_path, extractor, folder, image_size=image_size,
-                                level=level, rebuild_stale=True, **kw)
-        print(store)
-        return store
+    @staticmethod
+    def images(bson_path: str | os.PathLike) -> ImageSource:
+        """The pictures of a BSON dump, read by offset."""
+        return BsonImageSource(bson_path)
+
+    def vectors(self, catalogue: Catalogue, images: ImageSource | str | os.PathLike,
+                extractor, image_size: int = 224, level: str = "product",
+                **kw: Any) -> VectorStore:
+        """The vector store for this extractor and settings: embedded once, then reused.
+
+        Its folder is named by the settings and the catalogue, so nothing else is ever
+        found there; an unfinished store there is resumed.
+        """
+        meta = extractor.meta() if hasattr(extractor, "meta") else {"model": repr(extractor)}
+        folder = self.vectors_dir(meta, image_size, level, catalogue)
+        return embed_catalogue(catalogue, images, extractor, folder, image_size=image_size,
+                               level=level, **kw)
+
+    def find(self, kind: str) -> list[tuple[Path, dict[str, Any]]]:
+        """(folder, manifest) of every finished artifact of ``kind``, newest first."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        found = []
+        for folder in sorted((self.root / kind).glob("*")):
+            if not folder.is_dir() or ".stale-" in folder.name or folder.name.startswith("."):
+                continue
+            manifest = artifacts.read_manifest(artifacts.resolve_version(folder),
+                                               missing_ok=True)
+            if manifest is not None:
+                found.append((folder, manifest))
+        return sorted(found, key=lambda fm: fm[1].get("created", ""), reverse=True)

@@ -1,6 +1,6 @@
 """Make the built-in Cdiscount-format sample from Fashion-MNIST (Debian: dataset-fashion-mnist).
 
-    python scripts/make_sample.py                      # data/sample/ (committed, 1,000 products)
+    python scripts/make_sample.py           # helpers/sample_data/ (committed, 1,000 products)
     python scripts/make_sample.py --full --out bench/data   # all 70,000 photos, for benchmarks
 """
 
@@ -11,13 +11,12 @@ import tempfile
 from pathlib import Path
 
 from helpers.catalogue import build_catalogue
+from helpers.paths import SAMPLE_DIR
 from helpers.sample import make_sample
-
-ROOT = Path(__file__).resolve().parents[1]
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "data" / "sample")
+    ap.add_argument("--out", type=Path, default=SAMPLE_DIR)
     ap.add_argument("--per-category", type=int, default=100, help="products per category")
     ap.add_argument("--full", action="store_true", help="all 70,000 photos (about 300 MB)")
     ap.add_argument("--seed", type=int, default=0)

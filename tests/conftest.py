@@ -15,10 +15,49 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _shared(name: str) -> Path:
+    """A file of the real Kaggle sample. Skipped on a machine without it; in CI (where
+    ../shared is always laid out) its absence fails the run instead of skipping."""
     path = CDISCOUNT_DIR / name
     if not path.exists():
-        pytest.skip(f"real Cdiscount file not found at {path} (set CDISCOUNT_DIR)")
+        msg = f"real Cdiscount file not found at {path} (set CDISCOUNT_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(msg + ": CI must have it", pytrace=False)
+        pytest.skip(msg)
     return path
+
+
+BUILTIN_DOCS = 100  # documents of the committed sample that the "builtin" case uses
+
+
+def _head_of_bson(src: Path, dst: Path, n: int) -> Path:
+    """The first n documents of a BSON file, byte for byte, as a file of their own."""
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        for _ in range(n):
+            head = f.read(4)
+            if len(head) < 4:
+                break
+            out.write(head + f.read(int.from_bytes(head, "little") - 4))
+    return dst
+
+
+@pytest.fixture(scope="session", params=["builtin", "cdiscount"])
+def real_data(request, tmp_path_factory) -> tuple[Path, Path]:
+    """(BSON, category CSV) of real product documents: the committed built-in sample (always
+    there, so a fresh clone runs these tests) and the real Kaggle sample (../shared)."""
+    if request.param == "cdiscount":
+        return _shared("train_example.bson"), _shared("category_names.csv")
+    out = tmp_path_factory.mktemp("builtin") / "builtin_head.bson"
+    return _head_of_bson(SAMPLE_BSON, out, BUILTIN_DOCS), SAMPLE_CATEGORIES
+
+
+@pytest.fixture(scope="session")
+def real_bson(real_data) -> Path:
+    return real_data[0]
+
+
+@pytest.fixture(scope="session")
+def real_categories(real_data) -> Path:
+    return real_data[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The catalogue pass on the real Cdiscount sample and on files crafted to be broken."""
+"""The catalogue pass on real documents (the committed sample and the Kaggle sample) and on
+files crafted to be broken."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def test_category_names_trimmed(cdiscount_categories):
 # ------------------------------------------------------------------ crafted damage
 
 
+X = 10**9  # ids of the crafted products: no real or sample id is that large
+
+
 def _jpeg(color: str = "red") -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), color).save(buf, "JPEG")
@@ -65,9 +69,9 @@ def _jpeg(color: str = "red") -> bytes:
 
 
 @pytest.fixture
-def broken(cdiscount_bson, tmp_path) -> tuple[Path, dict]:
+def broken(real_bson, tmp_path) -> tuple[Path, dict]:
     """A file with every kind of damage; returns it and what each product should become."""
-    real = _docs(cdiscount_bson)[:10]
+    real = _docs(real_bson)[:10]
     good_cat = real[0]["category_id"]
     # JPEG start/end markers around a body that is not a JPEG: only a decode sees it
     bad_body = b"\xff\xd8" + bytes(range(256)) * 2 + b"\xff\xd9"
@@ -75,28 +79,31 @@ def broken(cdiscount_bson, tmp_path) -> tuple[Path, dict]:
     parts.append(b"GARBAGE!" * 50)  # bytes that belong to no document
     parts += [bson.encode(d) for d in real[4:8]]
     extra = {
-        900: {"_id": 900, "category_id": good_cat, "imgs": []},
-        901: {"_id": 901, "category_id": good_cat, "imgs": [{"picture": b"GIF89a..."}]},
-        902: {"_id": 902, "category_id": good_cat,
+        X + 0: {"_id": X + 0, "category_id": good_cat, "imgs": []},
+        X + 1: {"_id": X + 1, "category_id": good_cat, "imgs": [{"picture": b"GIF89a..."}]},
+        X + 2: {"_id": X + 2, "category_id": good_cat,
               "imgs": [{"picture": _jpeg()}, {"picture": b"\x89PNG\r\n\x1a\n"}]},
-        903: {"_id": 903, "category_id": 123, "imgs": [{"picture": _jpeg()}]},
-        904: {"_id": 904, "category_id": good_cat, "imgs": [{"picture": bytes(bad_body)}]},
-        905: {"_id": 905, "category_id": good_cat},
+        X + 3: {"_id": X + 3, "category_id": 123, "imgs": [{"picture": _jpeg()}]},
+        X + 4: {"_id": X + 4, "category_id": good_cat, "imgs": [{"picture": bytes(bad_body)}]},
+        X + 5: {"_id": X + 5, "category_id": good_cat},
     }
     parts += [bson.encode(d) for d in extra.values()]
-    parts.append(bson.encode(real[1]))  # duplicate id
+    # A duplicate id that differs from the original (another category, one picture):
+    # first wins, so the kept row must be the original's, at the original's offset.
+    dup = {**real[1], "category_id": real[8]["category_id"], "imgs": real[1]["imgs"][:1] * 3}
+    parts.append(bson.encode(dup))
     parts.append(bson.encode(real[8]))
     parts.append(bson.encode(real[9])[:-40])  # truncated last document
     path = tmp_path / "broken.bson"
     path.write_bytes(b"".join(parts))
-    expect_kept = {d["_id"] for d in real[:9]} | {902, 904}
+    expect_kept = {d["_id"] for d in real[:9]} | {X + 2, X + 4}
     tail = len(bson.encode(real[9])) - 40
-    return path, {"kept": expect_kept, "extra": extra, "tail": tail}
+    return path, {"kept": expect_kept, "extra": extra, "tail": tail, "real": real}
 
 
-def test_damage_is_counted_never_fatal(broken, cdiscount_categories, tmp_path):
+def test_damage_is_counted_never_fatal(broken, real_categories, tmp_path):
     path, expect = broken
-    summary = cat.build_catalogue(path, tmp_path / "out", cdiscount_categories,
+    summary = cat.build_catalogue(path, tmp_path / "out", real_categories,
                                   progress=False, checkpoint_every=3)
     df = cat.load_catalogue(tmp_path / "out")
     rej = cat.load_rejects(tmp_path / "out")
@@ -110,14 +117,21 @@ def test_damage_is_counted_never_fatal(broken, cdiscount_categories, tmp_path):
                               "unknown_category", "duplicate_id", "truncated"}
     reason = dict(zip(rej.loc[rej.kind == "product", "product_id"],
                       rej.loc[rej.kind == "product", "reason"], strict=True))
-    assert reason[900] == "no_images" and reason[905] == "no_images"
-    assert reason[901] == "no_valid_image" and reason[903] == "unknown_category"
+    assert reason[X + 0] == "no_images" and reason[X + 5] == "no_images"
+    assert reason[X + 1] == "no_valid_image" and reason[X + 3] == "unknown_category"
     dup = rej[rej.reason == "duplicate_id"]
     assert len(dup) == 1 and "already at offset" in dup["detail"].iloc[0]
+    # First wins: the kept row is the first document's (its offset, category, pictures).
+    first_offset = len(bson.encode(expect["real"][0]))  # real[1] is the file's 2nd document
+    kept = df.set_index("product_id").loc[expect["real"][1]["_id"]]
+    assert kept["offset"] == first_offset and dup["offset"].iloc[0] > first_offset
+    assert kept["category_id"] == expect["real"][1]["category_id"]
+    assert kept["n_images"] == len(expect["real"][1]["imgs"])
+    assert f"already at offset {first_offset}" in dup["detail"].iloc[0]
     # the partly bad product is kept with its good picture only
-    row = df.set_index("product_id").loc[902]
+    row = df.set_index("product_id").loc[X + 2]
     assert row["n_images"] == 1 and list(row["bad_images"]) == [1]
-    img = rej[(rej.kind == "image") & (rej.product_id == 902)]
+    img = rej[(rej.kind == "image") & (rej.product_id == X + 2)]
     assert img["image_index"].tolist() == [1] and "not a JPEG" in img["detail"].iloc[0]
     # the garbage region is named by its offset and size, the truncated tail likewise
     garbage = rej[rej.reason == "malformed"].iloc[0]
@@ -127,14 +141,14 @@ def test_damage_is_counted_never_fatal(broken, cdiscount_categories, tmp_path):
     assert tail["length"] == expect["tail"]
 
 
-def test_decode_mode_catches_corrupt_jpeg_body(broken, cdiscount_categories, tmp_path):
+def test_decode_mode_catches_corrupt_jpeg_body(broken, real_categories, tmp_path):
     path, expect = broken
-    cat.build_catalogue(path, tmp_path, cdiscount_categories, progress=False,
+    cat.build_catalogue(path, tmp_path, real_categories, progress=False,
                         verify_images="decode")
     df = cat.load_catalogue(tmp_path)
-    assert set(df["product_id"]) == expect["kept"] - {904}
+    assert set(df["product_id"]) == expect["kept"] - {X + 4}
     rej = cat.load_rejects(tmp_path)
-    assert "undecodable" in rej[rej.product_id == 904]["detail"].iloc[0]
+    assert "undecodable" in rej[rej.product_id == X + 4]["detail"].iloc[0]
 
 
 def test_no_category_file_keeps_unlabelled_products(broken, tmp_path):
@@ -142,7 +156,7 @@ def test_no_category_file_keeps_unlabelled_products(broken, tmp_path):
     path, _ = broken
     cat.build_catalogue(path, tmp_path, None, progress=False)
     df = cat.load_catalogue(tmp_path)
-    assert 903 in set(df["product_id"])  # no list to check category 123 against
+    assert X + 3 in set(df["product_id"])  # no list to check category 123 against
     assert df["category_level1"].isna().all()
 
 
@@ -173,11 +187,11 @@ def test_empty_file_is_zero_products(tmp_path):
 # ------------------------------------------------------------------ slices and resume
 
 
-def test_skip_and_limit(cdiscount_bson, cdiscount_categories, tmp_path):
-    cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, skip=10, limit=20,
+def test_skip_and_limit(real_bson, real_categories, tmp_path):
+    cat.build_catalogue(real_bson, tmp_path, real_categories, skip=10, limit=20,
                         progress=False)
     df = cat.load_catalogue(tmp_path)
-    ids = [d["_id"] for d in _docs(cdiscount_bson)]
+    ids = [d["_id"] for d in _docs(real_bson)]
     assert df["product_id"].tolist() == ids[10:30]
 
 
@@ -185,24 +199,24 @@ def _artifacts(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return cat.load_catalogue(out), cat.load_rejects(out)
 
 
-def test_resume_after_stop_gives_identical_catalogue(broken, cdiscount_categories, tmp_path):
+def test_resume_after_stop_gives_identical_catalogue(broken, real_categories, tmp_path):
     path, _ = broken
-    cat.build_catalogue(path, tmp_path / "full", cdiscount_categories, progress=False)
+    cat.build_catalogue(path, tmp_path / "full", real_categories, progress=False)
     out = tmp_path / "resumed"
-    part = cat.build_catalogue(path, out, cdiscount_categories, progress=False,
+    part = cat.build_catalogue(path, out, real_categories, progress=False,
                                checkpoint_every=4, stop_after=2)
     assert part.documents == 8 and not (out / cat.CATALOGUE).exists()
-    cat.build_catalogue(path, out, cdiscount_categories, progress=False, checkpoint_every=4)
+    cat.build_catalogue(path, out, real_categories, progress=False, checkpoint_every=4)
     for a, b in zip(_artifacts(tmp_path / "full"), _artifacts(out), strict=True):
         pd.testing.assert_frame_equal(a, b)
 
 
 def test_resume_after_crash_between_part_and_checkpoint(
-    broken, cdiscount_categories, tmp_path, monkeypatch
+    broken, real_categories, tmp_path, monkeypatch
 ):
     """A kill after a part file is written but before the checkpoint moves on."""
     path, _ = broken
-    cat.build_catalogue(path, tmp_path / "full", cdiscount_categories, progress=False)
+    cat.build_catalogue(path, tmp_path / "full", real_categories, progress=False)
     out = tmp_path / "crashed"
     real_write = cat._write_json
     calls = {"n": 0}
@@ -215,25 +229,25 @@ def test_resume_after_crash_between_part_and_checkpoint(
 
     monkeypatch.setattr(cat, "_write_json", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        cat.build_catalogue(path, out, cdiscount_categories, progress=False, checkpoint_every=5)
+        cat.build_catalogue(path, out, real_categories, progress=False, checkpoint_every=5)
     monkeypatch.setattr(cat, "_write_json", real_write)
-    cat.build_catalogue(path, out, cdiscount_categories, progress=False, checkpoint_every=5)
+    cat.build_catalogue(path, out, real_categories, progress=False, checkpoint_every=5)
     for a, b in zip(_artifacts(tmp_path / "full"), _artifacts(out), strict=True):
         pd.testing.assert_frame_equal(a, b)
 
 
-def test_resume_refuses_other_parameters(cdiscount_bson, cdiscount_categories, tmp_path):
-    cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, progress=False,
+def test_resume_refuses_other_parameters(real_bson, real_categories, tmp_path):
+    cat.build_catalogue(real_bson, tmp_path, real_categories, progress=False,
                         checkpoint_every=10, stop_after=1)
     with pytest.raises(cat.CatalogueError, match="interrupted run"):
-        cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, limit=5,
+        cat.build_catalogue(real_bson, tmp_path, real_categories, limit=5,
                             progress=False)
 
 
-def test_finished_catalogue_is_reused(cdiscount_bson, cdiscount_categories, tmp_path):
-    first = cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, progress=False)
+def test_finished_catalogue_is_reused(real_bson, real_categories, tmp_path):
+    first = cat.build_catalogue(real_bson, tmp_path, real_categories, progress=False)
     mtime = (tmp_path / cat.CATALOGUE).stat().st_mtime_ns
-    again = cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, progress=False)
+    again = cat.build_catalogue(real_bson, tmp_path, real_categories, progress=False)
     assert again.products_kept == first.products_kept
     assert (tmp_path / cat.CATALOGUE).stat().st_mtime_ns == mtime
 
@@ -241,10 +255,10 @@ def test_finished_catalogue_is_reused(cdiscount_bson, cdiscount_categories, tmp_
 # ------------------------------------------------------------------ export
 
 
-def test_export_jpegs(cdiscount_bson, cdiscount_categories, tmp_path):
-    cat.build_catalogue(cdiscount_bson, tmp_path, cdiscount_categories, limit=5, progress=False)
+def test_export_jpegs(real_bson, real_categories, tmp_path):
+    cat.build_catalogue(real_bson, tmp_path, real_categories, limit=5, progress=False)
     df = cat.load_catalogue(tmp_path)
-    n = cat.export_jpegs(df, cdiscount_bson, tmp_path / "jpg", by_category=True, progress=False)
+    n = cat.export_jpegs(df, real_bson, tmp_path / "jpg", by_category=True, progress=False)
     files = sorted((tmp_path / "jpg").rglob("*.jpg"))
     assert n == len(files) == df["n_images"].sum()
     first = df.iloc[0]
@@ -268,6 +282,11 @@ def test_partitions_cover_every_record_once(broken, parts):
     whole = list(bson_store.iter_records(path))
     offsets = bson_store.partition_offsets(path, parts)
     assert offsets[0] == 0 and offsets[-1] == path.stat().st_size
+    # Really cut: ranges that start mid-file, at document starts of the sequential read.
+    # (cuts landing in one document merge: a 20-document file holds up to ~7 ranges)
+    assert offsets == sorted(set(offsets)) and len(offsets) >= 3  # one cut mid-file at least
+    starts = {r.offset for r in whole}
+    assert set(offsets[1:-1]) <= starts
     ranges = zip(offsets, offsets[1:], strict=False)
     pieces = [r for a, b in ranges for r in bson_store.iter_records(path, a, b)]
     assert [(r.offset, r.length, r.error) for r in pieces] == [
@@ -279,11 +298,11 @@ def split_small_files(monkeypatch):
     monkeypatch.setattr(cat, "PARALLEL_MIN_BYTES", 0)
 
 
-def test_workers_give_the_same_catalogue(broken, cdiscount_categories, tmp_path,
+def test_workers_give_the_same_catalogue(broken, real_categories, tmp_path,
                                          split_small_files):
     path, _ = broken
-    cat.build_catalogue(path, tmp_path / "one", cdiscount_categories, progress=False)
-    s = cat.build_catalogue(path, tmp_path / "three", cdiscount_categories, progress=False,
+    cat.build_catalogue(path, tmp_path / "one", real_categories, progress=False)
+    s = cat.build_catalogue(path, tmp_path / "three", real_categories, progress=False,
                             workers=3)
     assert s.documents == 18
     plan = json.loads((tmp_path / "three" / "catalogue.json").read_text())
@@ -292,14 +311,14 @@ def test_workers_give_the_same_catalogue(broken, cdiscount_categories, tmp_path,
         pd.testing.assert_frame_equal(a, b)
 
 
-def test_parallel_run_resumes(broken, cdiscount_categories, tmp_path, split_small_files):
+def test_parallel_run_resumes(broken, real_categories, tmp_path, split_small_files):
     path, _ = broken
-    cat.build_catalogue(path, tmp_path / "full", cdiscount_categories, progress=False)
+    cat.build_catalogue(path, tmp_path / "full", real_categories, progress=False)
     out = tmp_path / "par"
-    cat.build_catalogue(path, out, cdiscount_categories, progress=False, workers=2,
+    cat.build_catalogue(path, out, real_categories, progress=False, workers=2,
                         checkpoint_every=2, stop_after=1)
     assert not (out / cat.CATALOGUE).exists()
-    cat.build_catalogue(path, out, cdiscount_categories, progress=False, workers=2,
+    cat.build_catalogue(path, out, real_categories, progress=False, workers=2,
                         checkpoint_every=2)
     for a, b in zip(_artifacts(tmp_path / "full"), _artifacts(out), strict=True):
         pd.testing.assert_frame_equal(a, b)

@@ -65,25 +65,44 @@ def _outputs(path):
     return text, pngs
 
 
-@pytest.mark.slow
-def test_notebooks_01_to_04_on_real_sample(cdiscount_bson, cdiscount_categories, tmp_path):
-    rc = run_all.main(["--bson", str(cdiscount_bson), "--categories", str(cdiscount_categories),
-                       "--only", "01,02,03,04", "--out", str(tmp_path)])
-    assert rc == 0
-    run = tmp_path / "train_example"
+def _check_core_run(run, products, categories, level="product"):
     text, pngs = _outputs(run / "01_preprocess.ipynb")
-    assert "kept 82 + rejected 0" in text and "36 categories" in text
+    assert f"kept {products} + rejected 0" in text and f"{categories} categories" in text
     assert pngs >= 2  # category bar chart + product grid
-    text, pngs = _outputs(run / "02_cosine_style.ipynb")
-    assert "VectorStore(82 x 768" in text and pngs >= 4  # a gallery per query
+    if level == "product":  # 02 has no level: it runs once, with the product-level run
+        text, pngs = _outputs(run / "02_cosine_style.ipynb")
+        assert f"VectorStore({products} x 768" in text and pngs >= 4  # a gallery per query
     text, pngs = _outputs(run / "03_faiss.ipynb")
+    assert f"{level} level" in text  # the store printed: VectorStore(n x 1280, <level> level..)
     assert "reloaded: same results" in text and "all in the category: True" in text
     assert "after remove: False" in text and "after add back: True" in text
     assert pngs >= 6  # galleries, new-photo query, recall-vs-QPS plot
     text, pngs = _outputs(run / "04_annoy.ipynb")
     assert "NotSupportedError" in text and "pss_kb" in text and pngs >= 6
     summary = (run / "summary.md").read_text()
-    assert summary.count("| ok |") == 4
+    assert summary.count("| ok |") == (4 if level == "product" else 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", ["product", "image"])
+def test_notebooks_01_to_04_on_real_sample(level, cdiscount_bson, cdiscount_categories,
+                                           tmp_path):
+    only = "01,02,03,04" if level == "product" else "01,03,04"
+    rc = run_all.main(["--bson", str(cdiscount_bson), "--categories", str(cdiscount_categories),
+                       "--only", only, "--out", str(tmp_path), "-p", "level", level])
+    assert rc == 0
+    _check_core_run(tmp_path / "train_example", 82, 36, level)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", ["product", "image"])
+def test_notebooks_01_to_04_on_builtin_sample(level, tmp_path):
+    """The committed sample: what a fresh clone without ../shared still runs."""
+    only = "01,02,03,04" if level == "product" else "01,03,04"
+    rc = run_all.main(["--sample", "--only", only, "--out", str(tmp_path), "--name", "s",
+                       "-p", "limit", "300", "-p", "level", level])
+    assert rc == 0
+    _check_core_run(tmp_path / "s", 300, 10, level)
 
 
 def test_missing_data_is_one_clear_error(tmp_path):
