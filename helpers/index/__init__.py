@@ -74,9 +74,11 @@ METHODS = _Registry(
         "exact": "helpers.index.exact:ExactIndex",
         "faiss": "helpers.index.faiss_index:FaissIndex",
         "annoy": "helpers.index.annoy_index:AnnoyIndex",
+        "elasticsearch": "helpers.index.elasticsearch_index:ElasticsearchIndex",
     }
 )
-_CLASSES = {"ExactIndex": "exact", "FaissIndex": "faiss", "AnnoyIndex": "annoy"}
+_CLASSES = {"ExactIndex": "exact", "FaissIndex": "faiss", "AnnoyIndex": "annoy",
+            "ElasticsearchIndex": "elasticsearch"}
 
 
 def build_index(
