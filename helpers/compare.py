@@ -212,16 +212,17 @@ def index_spec(index: str, n: int, dim: int, k: int = 10,
     raise MethodError(f"unknown index {index!r}")
 
 
-def build(index: str, vectors: np.ndarray, ids: np.ndarray, categories: np.ndarray | None,
+def build(kind: str, vectors: np.ndarray, ids: np.ndarray, categories: np.ndarray | None,
           es_params: Mapping[str, Any] | None = None, **extra: Any) -> tuple[Any, float]:
-    """Build one index; (index, seconds). Raises LookupError if its engine is not here."""
+    """Build one index of a kind in INDEXES; (index, seconds). extra: engine parameters
+    (those of ``es_params`` / ``index_spec`` win). LookupError if its engine is not here."""
     from .index import METHODS, build_index
 
-    method, params = index_spec(index, len(ids), vectors.shape[1], es_params=es_params)
+    method, params = index_spec(kind, len(ids), vectors.shape[1], es_params=es_params)
     if method not in METHODS:
         raise LookupError(f"index method {method!r} is not registered in helpers.index.METHODS")
     t = time.perf_counter()
-    built = build_index(method, vectors, ids, categories, **params, **extra)
+    built = build_index(method, vectors, ids, categories, **{**extra, **params})
     return built, time.perf_counter() - t
 
 
@@ -458,7 +459,8 @@ def _measure(m: Method, v: Vectors, cats_df: pd.DataFrame, queries_p: np.ndarray
     qv = pvec[qrows]
 
     # product level: categories, recall, cost
-    index, build_s = build(m.index, pvec, v.product_ids, leaf, es_params=es_params)
+    index, build_s = build(m.index, pvec, v.product_ids, leaf, es_params=es_params,
+                           **_engine_kw(m, "product"))
     ids_, scores = search_rows(index, qv, k)
     ids_, scores = drop_self(ids_, scores, queries_p)
     results[m.name] = (ids_[:, :k], scores[:, :k])
@@ -481,11 +483,11 @@ def _measure(m: Method, v: Vectors, cats_df: pd.DataFrame, queries_p: np.ndarray
     out[f"recall@{k}"] = recall_at_k(ids_[:, :k], truth, k)
     out["build_s"] = build_s
     path = None
-    try:
+    if m.index == "elasticsearch":  # the vectors live on the node: its store, no local file
+        out["disk_mb"] = _server_bytes(index) / 1e6
+    else:
         path = index.save(ws.index_dir(f"compare-{m.embedding}-{m.index}"))
         out["disk_mb"] = disk_bytes(path) / 1e6
-    except (NotImplementedError, AttributeError, TypeError):
-        out["disk_mb"] = float(getattr(index, "disk_bytes", float("nan"))) / 1e6
     lat_q = qv[: max(1, min(n_latency, len(qv)))]
     out["memory_mb"] = (resident_bytes(path, qv, k) / 1e6
                         if measure_memory and path is not None else float("nan"))
@@ -499,7 +501,8 @@ def _measure(m: Method, v: Vectors, cats_df: pd.DataFrame, queries_p: np.ndarray
 
     # image level: find the same product again
     if len(queries_i):
-        index_i, _ = build(m.index, v.image_vectors, v.image_ids, None, es_params=es_params)
+        index_i, _ = build(m.index, v.image_vectors, v.image_ids, None, es_params=es_params,
+                           **_engine_kw(m, "image"))
         qi = v.image_vectors[_rows_of(v.image_ids, queries_i)]
         ids_i, sc_i = search_rows(index_i, qi, 5)
         ids_i, sc_i = drop_self(ids_i, sc_i, queries_i)
@@ -513,10 +516,31 @@ def _measure(m: Method, v: Vectors, cats_df: pd.DataFrame, queries_p: np.ndarray
     return out
 
 
+def _engine_kw(m: Method, level: str) -> dict[str, Any]:
+    """Elasticsearch: an index of its own per embedding and level, rebuilt each run."""
+    if m.index != "elasticsearch":
+        return {}
+    return {"index": f"vps-compare-{m.embedding}-{level}".lower(), "level": level,
+            "recreate": True}
+
+
+def _server_bytes(index: Any) -> float:
+    """Store size of a server-side index (Elasticsearch primaries), NaN if unknown."""
+    try:
+        stats = index.client.indices.stats(index=index.index, metric="store")
+        return float(stats["_all"]["primaries"]["store"]["size_in_bytes"])
+    except Exception as e:  # noqa: BLE001 - a size we cannot read is not a failure
+        log.warning("size of %s unknown: %s", getattr(index, "index", index), e)
+        return float("nan")
+
+
 def _close(index: Any) -> None:
-    close = getattr(index, "close", None)
-    if callable(close):
-        close()
+    """Free what an index holds outside this process (an Elasticsearch index: dropped)."""
+    for name in ("drop", "close"):
+        fn = getattr(index, name, None)
+        if callable(fn):
+            fn()
+            return
 
 
 def _per_category(per_cat: dict[str, pd.DataFrame], cats_df: pd.DataFrame | None,

@@ -96,3 +96,51 @@ def test_compare_every_index_and_skip(tmp_path):
     for fig in (compare.plot_precision(run.table), compare.plot_recall_qps(run),
                 compare.plot_cost(run.table)):
         assert fig.axes
+
+
+def _outputs(path):
+    import nbformat
+
+    nb = nbformat.read(path, 4)
+    outs = [o for c in nb.cells for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                   + str(o.get("data", {}).get("text/markdown", "")) for o in outs)
+    pngs = sum("image/png" in o.get("data", {}) for o in outs)
+    return text, pngs
+
+
+@pytest.mark.slow
+def test_06_on_the_real_sample(cdiscount_bson, cdiscount_categories, tmp_path):
+    import run_all
+
+    methods = ("['style-180/exact', 'onnx-180/exact', 'onnx-180/ivf', 'onnx-180/hnsw', "
+               "'onnx-180/ivfpq', 'onnx-180/annoy', 'onnx-180/elasticsearch']")
+    rc = run_all.main(["--bson", str(cdiscount_bson), "--categories", str(cdiscount_categories),
+                       "--only", "01,06", "--out", str(tmp_path), "-p", "methods", methods])
+    assert rc == 0
+    run = tmp_path / "train_example"
+    text, pngs = _outputs(run / "06_compare.ipynb")
+    assert "82 products, 110 pictures" in text and "precision@10 by chance" in text
+    assert "ranks best of the exact searches" in text  # the generated advice
+    # precision bars, >= 1 worst-category gallery, recall-vs-QPS, cost bars, side by side
+    assert pngs >= 5
+    table = pd.read_csv(run / "compare.csv").set_index("method")
+    ok = table[table.status == "ok"]
+    assert len(ok) >= 6 and (ok["p@10"] > ok["chance@10"]).all()
+    assert (ok[["build_s", "disk_mb", "p50_ms", "p99_ms", "qps", "hit@1"]].notna()).all().all()
+    doc = json.loads((run / "compare.json").read_text())
+    assert doc["settings"]["n_products"] == 82 and doc["per_category"]
+
+
+@pytest.mark.slow
+def test_06_on_the_built_in_sample(tmp_path):
+    import run_all
+
+    rc = run_all.main(["--only", "01,06", "--out", str(tmp_path), "-p", "limit", "300",
+                       "-p", "methods", "['onnx-180/exact', 'onnx-180/hnsw']"])
+    assert rc == 0
+    table = pd.read_csv(tmp_path / "sample" / "compare.csv").set_index("method")
+    exact = table.loc["onnx-180/exact"]
+    # Fashion-MNIST's 10 balanced classes: chance is about 0.1, MobileNetV2 far above it.
+    assert exact["chance@10"] < 0.15 and exact["p@10"] > 3 * exact["chance@10"]
+    assert exact["hit@1"] > 0.5  # another view of the same photo comes back first
