@@ -415,7 +415,7 @@ def compare(
         except Exception as e:  # noqa: BLE001 - one method's failure must not stop the rest
             if not _unavailable(e):
                 raise
-            row.update(status="skipped", reason=str(e).splitlines()[0][:200])
+            row.update(status="skipped", reason=(str(e).splitlines() or [type(e).__name__])[0])
             say(f"{m.name:<26} skipped: {row['reason']}")
         rows.append(row)
 
@@ -639,6 +639,9 @@ def advice(table: pd.DataFrame, settings: Mapping[str, Any]) -> str:
         good = approx[approx[f"recall@{k}"] >= RECALL_TARGET]
         if len(good):
             f = good.loc[good["qps"].idxmax()]
+            same = exact[exact["embedding"] == f["embedding"]]  # same vectors, same work
+            if len(same):
+                e = same.loc[same["qps"].idxmax()]
             gain = f["qps"] / e["qps"]
             if gain >= 2:
                 out.append(f"**Speed:** {f.name} answers {gain:.1f}x as many queries per second "
@@ -677,7 +680,8 @@ def advice(table: pd.DataFrame, settings: Mapping[str, Any]) -> str:
     skipped = table[table["status"] == "skipped"]
     if len(skipped):
         out.append("Not measured here: " + "; ".join(
-            f"{r.method} ({r.reason})" for r in skipped.itertuples()) + ".")
+            f"{r.method} ({str(r.reason).split('. ')[0].rstrip('.')})"
+            for r in skipped.itertuples()) + ".")
     return "\n\n".join(out)
 
 
