@@ -20,7 +20,7 @@ Every method is measured on the same products and pictures:
 A method that cannot run here (an unknown backend, no Elasticsearch node) is *skipped*
 with its reason; the others are still compared.
 
-    run = compare(ws, df, bson_path, methods=DEFAULT_METHODS, k=10)
+    run = compare(ws, catalogue, ws.images(bson_path), methods=DEFAULT_METHODS)
     run.table            # one row per method: compare.csv
     run.save(out_dir)    # compare.csv, compare.json
     print(advice(run.table))
@@ -147,11 +147,12 @@ def load_embedder(model: str) -> Any:
     return models.load_extractor(model)
 
 
-def embed(ws: Any, catalogue: Any, bson_path: str | os.PathLike, method: Method,
-          **kw: Any) -> Vectors:
-    """The embedding's vectors of the run (built once by the workspace, then reused)."""
+def embed(ws: Any, catalogue: Any, images: Any, method: Method, **kw: Any) -> Vectors:
+    """The embedding's vectors of the run (built once by the workspace, then reused).
+
+    images: the pictures (``ws.images(bson_path)``, an ImageSource, or the BSON path)."""
     extractor = load_embedder(method.model)
-    store = ws.vectors(catalogue, bson_path, extractor, image_size=method.image_size,
+    store = ws.vectors(catalogue, images, extractor, image_size=method.image_size,
                        level="image", **kw)
     image_ids = np.asarray(store.item_ids, np.int64)
     vectors = np.asarray(store.vectors, np.float32)
@@ -356,7 +357,7 @@ def _json_default(o: Any) -> Any:
 def compare(
     ws: Any,
     catalogue: Any,
-    bson_path: str | os.PathLike,
+    images: Any,
     methods: Sequence[str] = DEFAULT_METHODS,
     *,
     ks: Sequence[int] = (5, 10),
@@ -374,11 +375,11 @@ def compare(
     ks: cut-offs of category precision (the largest is also recall@k's). n_queries: at
     most this many query products, and query pictures (a seeded sample when there are
     more). n_latency: queries timed one at a time. vectors_of: method -> Vectors (default:
-    `embed` through the workspace). say: where progress lines go.
+    `embed` through the workspace, from ``images``). say: where progress lines go.
     """
     if vectors_of is None:
         def vectors_of(m: Method) -> Vectors:
-            return embed(ws, catalogue, bson_path, m, **(embed_kw or {}))
+            return embed(ws, catalogue, images, m, **(embed_kw or {}))
 
     parsed = [parse_method(m) for m in methods]
     k = max(ks)
@@ -421,7 +422,7 @@ def compare(
 
     table = pd.DataFrame(rows)
     settings = {"methods": list(methods), "ks": list(ks), "k": k, "n_queries": n_queries,
-                "seed": seed, "bson_path": str(bson_path),
+                "seed": seed, "images": str(getattr(images, "path", images)),
                 "n_products": int(len(cats_df)) if cats_df is not None else 0,
                 "n_pictures": int(max((len(v.image_ids) for v in vecs.values()
                                        if isinstance(v, Vectors)), default=0)),
