@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance, ImageOps
 
+from . import artifacts
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Cdiscount-style ids, out of the real catalogue's range (1000000000..1000023000).
 CATEGORY_BASE = 2_000_000_000
@@ -121,20 +123,22 @@ def make_sample(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bson_path = out_dir / f"{name}.bson"
-    tmp = bson_path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        for idx in chosen:
-            n = int(rng.choice(4, p=IMAGES_PER_PRODUCT)) + 1
-            # Fashion-MNIST is white-on-black; catalogue photos are dark-on-white.
-            base = ImageOps.invert(Image.fromarray(images[idx])).resize((SIZE, SIZE),
-                                                                        Image.BICUBIC)
-            # Greyscale JPEGs (as the photos are): half the size, and they exercise the
-            # decoder's grey -> RGB path that real catalogue outliers need.
-            pics = [_jpeg(v, quality) for v in _views(base, n, rng)]
-            doc = {"_id": int(idx), "imgs": [{"picture": p} for p in pics],
-                   "category_id": CATEGORY_BASE + int(labels[idx])}
-            f.write(bson.encode(doc))
-    os.replace(tmp, bson_path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            for idx in chosen:
+                n = int(rng.choice(4, p=IMAGES_PER_PRODUCT)) + 1
+                # Fashion-MNIST is white-on-black; catalogue photos are dark-on-white.
+                base = ImageOps.invert(Image.fromarray(images[idx])).resize((SIZE, SIZE),
+                                                                            Image.BICUBIC)
+                # Greyscale JPEGs (as the photos are): half the size, and they exercise the
+                # decoder's grey -> RGB path that real catalogue outliers need.
+                pics = [_jpeg(v, quality) for v in _views(base, n, rng)]
+                doc = {"_id": int(idx), "imgs": [{"picture": p} for p in pics],
+                       "category_id": CATEGORY_BASE + int(labels[idx])}
+                f.write(bson.encode(doc))
+
+    artifacts.atomic_write(bson_path, write)  # readers never see half a file
     csv_path = out_dir / f"{name}_categories.csv"
     pd.DataFrame(
         [(CATEGORY_BASE + i, *names) for i, names in enumerate(CATEGORIES)],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -124,6 +125,17 @@ def test_filter_uses_id_selector_not_post_filtering(clustered):
             index.search(clustered["queries"], 10, cat).ids,
             exact.search(clustered["queries"], 10, cat).ids,
         )
+    # Inside FAISS, not after it: the engine computes a distance for members only. Category
+    # 99 (12 items, all in a cluster far from the queries) costs 12 distances per query; an
+    # over-fetch + post-filter would score all 4000 items of the 8 scanned lists.
+    stats = faiss.cvar.indexIVF_stats
+    stats.reset()
+    index.search(clustered["queries"], 10, 99)
+    members = int((clustered["categories"] == 99).sum())
+    assert stats.ndis == members * len(clustered["queries"])
+    stats.reset()
+    index.search(clustered["queries"], 10)
+    assert stats.ndis == len(clustered["vectors"]) * len(clustered["queries"])
 
 
 def test_training_needs_enough_vectors(clustered):
