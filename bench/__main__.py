@@ -29,8 +29,9 @@ sys.path.insert(0, str(HERE))
 
 from _report import check_rows, table  # noqa: E402
 
-# (label, module, arguments, quick arguments). Every bench/*.py not listed and not starting
-# with "_" runs after these with no arguments (a new bench is picked up by itself).
+# (label, module, arguments, quick arguments). Every other bench/bench_*.py runs after these
+# with no arguments (a new bench is picked up by itself); other scripts here (simulate.py:
+# a data generator; fuzz_ingest.py: a fuzzer) are not benchmarks.
 PLAN: list[tuple[str, str, list[str], list[str]]] = [
     ("ingest", "bench_ingest", [], ["--size-gb", "0.2"]),
     ("embed", "bench_embed", [], ["--no-tf", "--rounds", "1"]),
@@ -40,8 +41,9 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
     ("ann 1M", "bench_ann", ["--data", "synthetic", "--n", "1000000"],
      ["--data", "synthetic", "--n", "50000", "--nq", "200"]),
     ("es", "bench_es", [], []),
+    ("scale", "bench_scale", [],
+     ["--size-gb", "0.2", "--n-vectors", "50000", "--nlist", "256", "--queries", "200"]),
 ]
-SKIP = {"fuzz_ingest"}  # a fuzzer, not a benchmark: run it on its own (see its docstring)
 
 # The child: import the bench as a module, run main(argv), write its rows as JSON.
 _CHILD = """
@@ -57,10 +59,10 @@ with open(out, "w") as f:
 
 
 def plan(only: str | None, quick: bool) -> list[tuple[str, str, list[str]]]:
-    present = {p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_")}
+    present = {p.stem for p in HERE.glob("bench_*.py")}
     runs = [(label, mod, q if quick else a) for label, mod, a, q in PLAN if mod in present]
     listed = {mod for _, mod, _, _ in PLAN}
-    runs += [(mod.removeprefix("bench_"), mod, []) for mod in sorted(present - listed - SKIP)]
+    runs += [(mod.removeprefix("bench_"), mod, []) for mod in sorted(present - listed)]
     if only:
         wanted = [w.strip() for w in only.split(",") if w.strip()]
         runs = [r for r in runs if any(w in r[0] or w in r[1] for w in wanted)]
