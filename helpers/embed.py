@@ -12,6 +12,7 @@ A picture that fails to decode is skipped, counted, and written to the store's
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import queue
@@ -42,7 +43,7 @@ REJECTS = "rejects.csv"
 
 @dataclass
 class _Batch:
-    pixels: np.ndarray  # float32 [n, s, s, 3] in [0, 1]
+    pixels: np.ndarray  # [n, s, s, 3]: float32 in [0, 1], or uint8 for a uint8 backend
     product_ids: np.ndarray
     image_index: np.ndarray
     next_row: int  # catalogue row after this batch's last product
@@ -58,15 +59,15 @@ class _BufferPool:
     the model cost nothing after the first round. ``get`` blocks while all are in use.
     """
 
-    def __init__(self, count: int, shape: tuple[int, ...]) -> None:
-        self.shape = shape
+    def __init__(self, count: int, shape: tuple[int, ...], dtype: type = np.float32) -> None:
+        self.shape, self.dtype = shape, dtype
         self.free: queue.Queue = queue.Queue()
         for _ in range(count):
-            self.free.put(np.empty(shape, np.float32))
+            self.free.put(np.empty(shape, dtype))
 
     def get(self, n: int) -> np.ndarray:
         if n > self.shape[0]:  # a product with many pictures: a one-off array
-            return np.empty((n, *self.shape[1:]), np.float32)
+            return np.empty((n, *self.shape[1:]), self.dtype)
         return self.free.get()
 
     def put(self, buf: np.ndarray | None) -> None:
@@ -104,8 +105,11 @@ def _batches(catalogue: Catalogue, images: ImageSource, start: int, image_size: 
         ok = [j for j, r in enumerate(results) if not isinstance(r, str)]
         failures = [(*owners[j], r) for j, r in enumerate(results) if isinstance(r, str)]
         buf = buffers.get(len(ok))
-        for i, j in enumerate(ok):  # uint8 -> [0, 1] float32, as images.to_float does
-            np.multiply(results[j], np.float32(1 / 255), out=buf[i])
+        for i, j in enumerate(ok):
+            if buf.dtype == np.uint8:  # a uint8 backend scales inside its graph
+                buf[i] = results[j]
+            else:  # uint8 -> [0, 1] float32, as images.to_float does
+                np.multiply(results[j], np.float32(1 / 255), out=buf[i])
         yield _Batch(buf[: len(ok)], np.array([owners[j][0] for j in ok], np.int64),
                      np.array([owners[j][1] for j in ok], np.int64), row, failures, buf)
 
@@ -242,7 +246,11 @@ def embed_catalogue(
     t0 = time.perf_counter()
     with ThreadPoolExecutor(decode_threads) as pool:
         # depth 2 queued + 1 being filled + 1 at the model: 4 arrays in flight at most
-        buffers = _BufferPool(5, (batch_size + 8, image_size, image_size, 3))
+        # The pictures as the extractor wants them (its input_spec): uint8 backends get
+        # the decoded bytes as they are, and no float conversion is paid.
+        spec = getattr(extractor, "input_spec", None)
+        dtype = np.uint8 if getattr(spec, "dtype", "float32") == "uint8" else np.float32
+        buffers = _BufferPool(5, (batch_size + 8, image_size, image_size, 3), dtype)
         feed = _prefetch(_batches(catalogue, images, start, image_size, batch_size, pool,
                                   buffers))
         try:
@@ -291,11 +299,23 @@ def _write_batch(writer: VectorWriter, out_dir: Path, level: str, b: _Batch,
 
 
 def _trim_rejects(out_dir: Path, product_ids: np.ndarray) -> None:
-    """Drop the rejects of ``product_ids`` (a kill may fall between rejects and meta)."""
+    """Drop the rejects of ``product_ids`` (a kill may fall between rejects and meta).
+
+    A kill may also cut an append short: a last line without its newline belongs to a
+    batch that is read again, so it goes too (an empty file likewise), and the trimmed
+    file replaces the old one atomically.
+    """
     path = out_dir / REJECTS
-    if path.exists():
-        df = pd.read_csv(path)
-        df[~df["product_id"].isin(product_ids)].to_csv(path, index=False)
+    if not path.exists():
+        return
+    text = path.read_text()
+    text = text[: text.rfind("\n") + 1]
+    if not text:
+        path.unlink()
+        return
+    df = pd.read_csv(io.StringIO(text))
+    keep = df[~df["product_id"].isin(product_ids)]
+    artifacts.atomic_write(path, lambda tmp: keep.to_csv(tmp, index=False))
 
 
 def _append_rejects(out_dir: Path, failures: Sequence[tuple[int, int, str]]) -> None:

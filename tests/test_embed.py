@@ -324,3 +324,35 @@ def test_embed_files_resizes(onnx_extractor, tmp_path: Path):
     Image.open(paths[0]).convert("RGB").resize((96, 96), Image.BILINEAR).save(by_hand)
     again = embed_files([by_hand], onnx_extractor, image_size=96)
     assert float(_unit(again[0]) @ _unit(got[0])) > 0.98
+
+
+def test_uint8_backends_get_the_decoded_bytes(real, real_bson, tmp_path):
+    """An extractor whose input_spec asks for uint8 is fed uint8 (no float conversion), and
+    gives the same vectors as a float extractor doing the scaling itself."""
+    from helpers.models.base import InputSpec
+
+    seen = []
+
+    class Mean:
+        dim = 3
+
+        def __init__(self, dtype: str) -> None:
+            self.input_spec = InputSpec(dtype)
+
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            seen.append(batch.dtype)
+            x = batch.astype(np.float32) / (255 if batch.dtype == np.uint8 else 1)
+            return x.reshape(len(x), -1, 3).mean(axis=1) + 1e-3
+
+        def meta(self) -> dict[str, Any]:
+            return {"model": "mean", "backend": self.input_spec.dtype}
+
+    head = real.head(10)
+    a = embed_catalogue(head, real_bson, Mean("uint8"), tmp_path / "u8", image_size=32,
+                        progress=False)
+    assert set(seen) == {np.dtype(np.uint8)}
+    seen.clear()
+    b = embed_catalogue(head, real_bson, Mean("float32"), tmp_path / "f32", image_size=32,
+                        progress=False)
+    assert set(seen) == {np.dtype(np.float32)}
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
