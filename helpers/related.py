@@ -347,3 +347,40 @@ def describe(catalogue: Any, hits: Sequence[Hit]) -> list[dict[str, Any]]:
                     "category_path": list(p.category_path) if p.category_path else None,
                     "label": p.label, "picture": picture})
     return out
+
+
+def category_names(catalogue: Any) -> dict[int, str]:
+    """Category id -> "level1 › level2 › level3" for every category of the catalogue."""
+    cids = np.unique(catalogue.category_ids(catalogue.ids()))
+    out = {}
+    for cid in cids.tolist():
+        if cid < 0:
+            continue
+        path = catalogue.category_path(cid)
+        out[int(cid)] = " › ".join(path) if path else str(cid)
+    return out
+
+
+def find_products(catalogue: Any, query: str, limit: int = 50,
+                  categories: dict[int, str] | None = None) -> list[Any]:
+    """Products matching a picker's search box: a product id, a category id, or words of a
+    category name (case-insensitive, every word must appear). Empty: the first products."""
+    q = (query or "").strip()
+    if not q:
+        return catalogue.page(0, limit)
+    found: list[Any] = []
+    if q.isdecimal() and q.isascii() and len(q) <= 18:
+        try:
+            found.append(catalogue.product(int(q)))
+        except UnknownProductError:
+            pass
+        found += catalogue.by_category(int(q), limit=limit)
+        return found[:limit]
+    words = q.casefold().split()
+    names = categories if categories is not None else category_names(catalogue)
+    for cid, name in names.items():
+        if all(w in name.casefold() for w in words):
+            found += catalogue.by_category(cid, limit=limit - len(found))
+            if len(found) >= limit:
+                break
+    return found[:limit]
