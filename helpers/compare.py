@@ -70,7 +70,20 @@ DEFAULT_METHODS = (
     "onnx-224/annoy",
     "onnx-224/elasticsearch",
 )
+# Backends that compute the very same MobileNetV2 vectors as ONNX (TF: within 1e-5): not
+# worth a row of their own. Any other backend of helpers.models joins the defaults.
+SAME_AS_ONNX = {"onnx", "tf"}
 INDEXES = ("exact", "flat", "ivf", "hnsw", "ivfpq", "annoy", "elasticsearch")
+
+
+def default_methods() -> list[str]:
+    """DEFAULT_METHODS, plus exact search on every extra embedding backend registered in
+    ``helpers.models.BACKENDS`` (e.g. "openvino-224/exact"), at 224 and 180 px."""
+    from . import models
+
+    extra = [f"{b}-{size}/exact" for b in models.BACKENDS if b not in SAME_AS_ONNX
+             for size in (224, 180)]
+    return [*DEFAULT_METHODS, *extra]
 # The search knob each index trades speed for recall with (swept for the recall-vs-QPS plot).
 KNOBS = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch", "annoy": "search_k",
          "elasticsearch": "num_candidates"}

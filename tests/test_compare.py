@@ -48,6 +48,14 @@ def test_parse_method():
         compare.parse_method("onnx-224/kdtree")
 
 
+def test_default_methods_take_in_new_backends(monkeypatch):
+    import helpers.models
+
+    assert compare.default_methods() == list(compare.DEFAULT_METHODS)
+    monkeypatch.setattr(helpers.models, "BACKENDS", {"onnx": 1, "tf": 2, "openvino": 3})
+    assert compare.default_methods()[-2:] == ["openvino-224/exact", "openvino-180/exact"]
+
+
 def test_product_means_are_means_of_unit_pictures():
     ids = encode([7, 7, 9], [0, 1, 0])
     v = np.array([[2.0, 0], [0, 3.0], [0, 1.0]], np.float32)
