@@ -62,6 +62,7 @@ from helpers.index.base import (
     METRIC,
     Category,
     CategoryError,
+    DimensionError,
     DuplicateIdError,
     EmptyIndexError,
     IndexInputError,
@@ -71,6 +72,7 @@ from helpers.index.base import (
     SearchResult,
     UnknownIdError,
     _head,
+    _index_manifest,
     _json_safe,
     as_categories,
     as_category_filter,
@@ -78,6 +80,7 @@ from helpers.index.base import (
     as_unit_vectors,
     atomic_write,
     check_source,
+    check_vectors,
     read_meta,
 )
 from helpers.services import ServiceUnavailable
@@ -226,13 +229,19 @@ class ElasticsearchIndex:
         chunk_size, max_retries, initial_backoff: bulk requests and their retries.
         progress: a tqdm bar. on_chunk(done): called after each acknowledged chunk.
         """
-        v = as_unit_vectors(vectors)
+        # A memmap stays one: rows are normalised chunk by chunk as they are sent.
+        v = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
+        if v.ndim != 2:
+            raise DimensionError(f"vectors must be 2-D [n, d], got shape {v.shape}")
         if v.shape[0] == 0:
             raise EmptyIndexError("cannot build an index from zero vectors")
         pids = as_ids(ids, v.shape[0])
         cats = None if categories is None else as_categories(categories, v.shape[0])
         if index_type not in INDEX_TYPES:
             raise IndexInputError(f"index_type must be one of {INDEX_TYPES}, not {index_type!r}")
+        store_manifest = getattr(source, "manifest", None)  # a VectorStore
+        if store_manifest is not None:
+            source = getattr(source, "made_by", {})
         source = _json_safe(source or {}, "source")
         level = item_ids.check_level(level or source.get("level", "product"))
         url = url or default_url()
@@ -248,7 +257,7 @@ class ElasticsearchIndex:
                         "ef_construction": int(ef_construction), "shards": int(shards),
                         "replicas": int(replicas), "exact_field": bool(exact_field),
                         "level": level}
-        meta = {"format": FORMAT_VERSION, "dim": int(v.shape[1]),
+        meta = {"format": FORMAT_VERSION, "dim": int(v.shape[1]), "store": store_manifest,
                 "has_categories": cats is not None, "build_params": build_params,
                 "source": source,
                 "exact": "flat_field" if exact_field else
@@ -266,13 +275,18 @@ class ElasticsearchIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect_source: Mapping[str, Any] | None = None,
-             url: str | None = None) -> ElasticsearchIndex:
-        """Reconnect to the index a `save` recorded (url: another address of that node)."""
+             vectors: Any = None, url: str | None = None) -> ElasticsearchIndex:
+        """Reconnect to the index a `save` recorded (url: another address of that node).
+
+        vectors: the VectorStore it must have been built from (IndexMismatchError if not).
+        """
         d = Path(path)
         meta = read_meta(d)
         if meta["method"] != cls.method:
             raise IndexMismatchError(f"{d} holds a {meta['method']!r} index, not {cls.method!r}")
         check_source(meta.get("source", {}), expect_source, str(d))
+        if vectors is not None:
+            check_vectors(meta, vectors, str(d))
         es = meta["elasticsearch"]
         url = url or es["url"]
         client = connect(url)
@@ -296,6 +310,11 @@ class ElasticsearchIndex:
     @property
     def source(self) -> dict[str, Any]:
         return dict(self._meta["source"])
+
+    @property
+    def exact_by(self) -> str:
+        """How `search_exact` runs: "script_score", "flat_field" or "main_field"."""
+        return str(self._meta["exact"])
 
     @property
     def level(self) -> str:
@@ -468,7 +487,8 @@ class ElasticsearchIndex:
         try:
             for lo in range(0, len(pids), chunk_size):
                 hi = min(lo + chunk_size, len(pids))
-                docs = list(self._docs(v[lo:hi], pids[lo:hi],
+                unit = as_unit_vectors(v[lo:hi], self.dim)
+                docs = list(self._docs(unit, pids[lo:hi],
                                        None if cats is None else cats[lo:hi], catalogue))
                 failures |= self._send(docs, done, len(pids), max_retries, initial_backoff)
                 done = hi
@@ -561,6 +581,7 @@ class ElasticsearchIndex:
             "engine_version": f"elasticsearch {node_version(self.client)}",
             "files": {"engine": None, "ids": None, "categories": None},
             "elasticsearch": {"url": self.url, "index": self.index},
+            "manifest": _index_manifest(self, self._meta.get("store")),
         }
         text = orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
         atomic_write(d / META_FILE, lambda p: p.write_text(text + "\n"))
