@@ -295,7 +295,9 @@ def _disk_full_is_one_error(build):
         try:
             return build(*args, **kwargs)
         except OSError as exc:
-            if exc.errno not in _DISK_FULL and "No space left" not in str(exc):
+            # pyarrow's OSErrors carry the reason in their message, not in errno
+            if exc.errno not in _DISK_FULL and not any(
+                    os.strerror(e) in str(exc) for e in _DISK_FULL):
                 raise
             out_dir = kwargs.get("out_dir", args[1] if len(args) > 1 else "out_dir")
             raise CatalogueError(

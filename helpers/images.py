@@ -8,6 +8,7 @@ those become RGB arrays or a clear ``ImageError``.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 
@@ -25,6 +26,7 @@ JPEG_EOI = b"\xff\xd9"
 # Start-of-frame markers (the frame header holds the size): C0-CF but DHT, JPG, DAC.
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _SIZE = struct.Struct(">HH")
+_ADDRESS = re.compile(r" ?<[^<>]* object at 0x[0-9a-fA-F]+>")
 
 
 class ImageError(ValueError):
@@ -120,7 +122,9 @@ def decode_image(data: bytes, size: int | None = None,
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageTooLargeError(f"image too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"undecodable image: {exc}") from exc
+        # Pillow names the file object ("<_io.BytesIO object at 0x7f..>"): drop it, so
+        # a reject reads the same in every run.
+        raise ImageError(f"undecodable image: {_ADDRESS.sub('', str(exc))}") from exc
     if size is not None and img.size != (size, size):
         if img.mode not in ("RGB", "L"):
             img = img.convert("RGB")  # CMYK, palette...: resample in RGB
