@@ -51,7 +51,8 @@ def test_parse_method():
 def test_default_methods_take_in_new_backends(monkeypatch):
     import helpers.models
 
-    assert compare.default_methods() == list(compare.DEFAULT_METHODS)
+    base = list(compare.DEFAULT_METHODS)
+    assert compare.default_methods()[: len(base)] == base
     monkeypatch.setattr(helpers.models, "BACKENDS", {"onnx": 1, "tf": 2, "openvino": 3})
     assert compare.default_methods()[-2:] == ["openvino-224/exact", "openvino-180/exact"]
 
