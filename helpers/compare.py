@@ -410,7 +410,7 @@ def compare(
             if m.embedding not in vecs:
                 try:
                     vecs[m.embedding] = vectors_of(m)
-                except (LookupError, ImportError, ValueError) as e:
+                except (LookupError, ImportError) as e:
                     vecs[m.embedding] = f"embedding {m.embedding} unavailable: {e}"
             v = vecs[m.embedding]
             if isinstance(v, str):
@@ -466,8 +466,11 @@ def _measure(m: Method, v: Vectors, cats_df: pd.DataFrame, queries_p: np.ndarray
     k = max(ks)
     out: dict[str, Any] = {"dim": v.dim, "n_products": len(v.product_ids),
                            "n_pictures": len(v.image_ids)}
-    leaf = cats_df["category_id"].to_numpy(np.int64)
-    level1 = pd.factorize(cats_df["level1"])[0].astype(np.int64)
+    # Categories in this embedding's product order (a product whose pictures all failed
+    # to decode in one embedding is missing from it).
+    by_id = cats_df.set_index("product_id").reindex(v.product_ids)
+    leaf = by_id["category_id"].fillna(-1).to_numpy(np.int64)
+    level1 = pd.factorize(by_id["level1"].fillna("?"))[0].astype(np.int64)
     pvec = v.product_vectors
     qrows = _rows_of(v.product_ids, queries_p)
     qv = pvec[qrows]
