@@ -380,7 +380,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     f = artifacts.resolve_version(path) / META_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{path} is not a saved index: no {META_FILE}")
-    meta = json.loads(f.read_text())
+    meta = artifacts.read_json(f)
     if meta.get("format") != FORMAT_VERSION:
         raise IndexMismatchError(
             f"{f}: index format {meta.get('format')}, expected {FORMAT_VERSION}"
@@ -394,18 +394,10 @@ def check_source(
     meta_source: Mapping[str, Any], expect: Mapping[str, Any] | None, where: str
 ) -> None:
     """Refuse an index built from other vectors: every key of `expect` must match."""
-    if not expect:
-        return
-    diff = {
-        k: (meta_source.get(k, "<missing>"), v)
-        for k, v in expect.items()
-        if meta_source.get(k) != v
-    }
+    diff = artifacts.settings_diff(meta_source, expect or {})
     if diff:
-        lines = "; ".join(
-            f"{k}: index has {got!r}, expected {want!r}" for k, (got, want) in diff.items()
-        )
-        raise IndexMismatchError(f"{where} was built from other vectors: {lines}")
+        raise IndexMismatchError(f"{where} was built from other vectors: "
+                                 + artifacts.describe_diff(diff, "index has", "expected"))
 
 
 def check_vectors(meta: Mapping[str, Any], vectors: Any, where: str) -> None:
