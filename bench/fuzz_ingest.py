@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,10 @@ def fuzz_reader(data: bytes) -> None:
             assert pos == len(data), f"slots end at {pos}, file at {len(data)}"
             runs.append([(r.offset, r.length, r.error) for r in recs])
         assert runs[0] == runs[1] == runs[2], "chunk size changed the slots"
+        for off, length, err in runs[0]:
+            if err is not None and not err.endswith("skipped it"):
+                hidden = _decodable_inside(data, off, length)
+                assert hidden is None, f"document at {hidden} hidden in the bad slot at {off}"
         # A range scan from a slot boundary sees the same slots from there.
         if len(runs[0]) > 1:
             mid = runs[0][len(runs[0]) // 2][0]
@@ -94,6 +99,26 @@ def fuzz_reader(data: bytes) -> None:
             assert tail == [s for s in runs[0] if s[0] >= mid], "range scan differs"
     finally:
         os.unlink(name)
+
+
+def _decodable_inside(data: bytes, off: int, length: int) -> int | None:
+    """A document the reader's resync should have stopped at, inside a bad slot: an
+    ``_id`` anchor whose document is whole and decodable (None if there is none)."""
+    from helpers import bson_store
+
+    hit = data.find(b"_id\x00", off + 6)
+    while 0 <= hit and hit - 5 < off + length:
+        c = hit - 5
+        (n,) = struct.unpack_from("<i", data, c)
+        if bson_store.MIN_DOC <= n <= FUZZ_MAX_DOC and c + n <= len(data) and \
+                data[c + n - 1] == 0:
+            try:
+                bson.decode(data[c : c + n])
+                return c
+            except (bson.errors.BSONError, ValueError, OverflowError):
+                pass
+        hit = data.find(b"_id\x00", hit + 1)
+    return None
 
 
 def _build_doc(data: bytes) -> dict:
