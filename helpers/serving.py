@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .image_source import BsonImageSource, ImageSource
-from .paths import RUNS_DIR
+from .paths import RUNS_DIR, SAMPLE_DIR
 from .products import Catalogue, open_catalogue
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,16 @@ def _bson_of(cat_dir: Path) -> Path | None:
     if not meta_path.is_file():
         return None
     src = json.loads(meta_path.read_text()).get("source")
-    path = src.get("path") if isinstance(src, dict) else src
-    return Path(path) if path else None
+    path = Path(src.get("path") if isinstance(src, dict) else src or "")
+    if str(path) in ("", ".") or path.is_file():
+        return path if str(path) not in ("", ".") else None
+    # Built elsewhere (a PaaS builds in a temp folder, then moves the app): the built-in
+    # sample is found again in this checkout.
+    moved = SAMPLE_DIR / path.name
+    if moved.is_file():
+        log.info("%s recorded %s, which is gone; using %s", meta_path, path, moved)
+        return moved
+    return path
 
 
 def _open_mongo(mongo_uri: str) -> Catalogue:

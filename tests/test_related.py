@@ -235,3 +235,19 @@ def test_parse_inputs():
     for bad in ("", "0", "101", "-3", "x", "2.5", "9" * 40):
         with pytest.raises(RelatedError):
             parse_k(bad)
+
+
+def test_sample_bson_found_after_the_app_moved(tmp_path, app_artifacts):
+    """A PaaS builds in a temp folder and then moves the app: the recorded BSON path is
+    gone, the built-in sample is found again in this checkout."""
+    import json
+
+    root = tmp_path / "art"
+    shutil.copytree(app_artifacts, root)
+    meta_path = root / "catalogue" / "catalogue.json"
+    meta = json.loads(meta_path.read_text())
+    meta["source"]["path"] = "/tmp/build_1234/data/sample/fashion_sample.bson"
+    meta_path.write_text(json.dumps(meta))
+    a = load_artifacts(root)
+    assert a.bson_path.is_file() and a.bson_path.name == "fashion_sample.bson"
+    a.close()
