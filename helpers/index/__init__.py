@@ -16,9 +16,8 @@ so `import helpers.index` needs only numpy, and never TensorFlow or model code.
 
 from __future__ import annotations
 
-import importlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,35 +40,10 @@ from helpers.index.base import (
     VectorIndex,
     read_meta,
 )
+from helpers.registry import Registry
 
-
-class _Registry(Mapping[str, type]):
-    """name -> index class, imported on first access ("module:Class" until then)."""
-
-    def __init__(self, targets: dict[str, str]) -> None:
-        self._targets: dict[str, str | type] = dict(targets)
-
-    def __getitem__(self, name: str) -> type:
-        if name not in self._targets:
-            raise KeyError(f"unknown index method {name!r}; known: {', '.join(self._targets)}")
-        target = self._targets[name]
-        if isinstance(target, str):
-            module, _, attr = target.partition(":")
-            target = self._targets[name] = getattr(importlib.import_module(module), attr)
-        return target
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._targets)
-
-    def __len__(self) -> int:
-        return len(self._targets)
-
-    def register(self, name: str, target: str | type) -> None:
-        """Add a method: a class, or "package.module:Class" to import lazily."""
-        self._targets[name] = target
-
-
-METHODS = _Registry(
+METHODS = Registry(
+    "index method",
     {
         "exact": "helpers.index.exact:ExactIndex",
         "faiss": "helpers.index.faiss_index:FaissIndex",

@@ -25,10 +25,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..registry import Registry
 from .base import FeatureExtractor, InputSpec, as_model_input, check_batch
 from .cache import default_cache_dir
 from .extractors import ImageNetClassifier, imagenet_classes, prepare_images
-from .registry import Registry
 from .style import DEFAULT_STYLE_LAYERS, StyleExtractor
 from .weights import WeightsHashError, WeightsNotFoundError
 

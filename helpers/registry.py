@@ -1,8 +1,8 @@
-"""Name -> extractor class, imported on first use (as ``helpers.index.METHODS`` does).
+"""Name -> class, imported on first use: the extension point of the index methods
+(``helpers.index.METHODS``) and of the extractor backends (``helpers.models.BACKENDS``).
 
-Adding a backend: one module in this package with a :class:`~helpers.models.base.FeatureExtractor`
-subclass, and one line in ``helpers.models.BACKENDS``. Nothing is imported until a
-backend is asked for, so TensorFlow or OpenVINO load only for the backend that needs them.
+Adding one is one module with the class and one line in the registry. Nothing is imported
+until it is asked for, so TensorFlow, OpenVINO or FAISS load only for what needs them.
 """
 
 from __future__ import annotations
