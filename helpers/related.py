@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from . import ids as item_ids
+from .index.base import LocalIndex
 from .products import UnknownProductError
 from .serving import Artifacts, Method
 
@@ -228,7 +229,8 @@ class Related:
     def _category_count(self, method: Method, category: int | None) -> int:
         """Items the index can return under the filter (to ask for no more than exist)."""
         if category is None:
-            return len(method.index)
+            # A remote engine (Elasticsearch) counts with a request: it pads instead.
+            return len(method.index) if isinstance(method.index, LocalIndex) else 10**9
         key = id(method.store)
         if key not in self._cats:
             self._cats[key] = self.art.catalogue.category_ids(method.store.product_ids)

@@ -1,0 +1,102 @@
+"""The apps with their services: products from a real mongod (`mongo_uri`), and the
+Elasticsearch method when a real node answers (and its absence when it does not)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from apps.flask_app import create_app
+from helpers.products import ParquetCatalogue
+from helpers.related import Related
+from helpers.serving import load_artifacts
+
+
+def _start(starter):
+    try:
+        return starter()
+    except Exception as exc:  # noqa: BLE001 - no java / maven / mongod here: skip, say why
+        pytest.skip(f"server not available here: {type(exc).__name__}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def mongod():
+    from helpers.servers import start_mongod
+
+    server = _start(start_mongod)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def es_node():
+    from helpers.servers import start_elasticsearch
+
+    server = _start(start_elasticsearch)
+    yield server
+    server.cleanup()
+
+
+def test_products_from_mongodb(mongod, app_artifacts):
+    from helpers import mongo
+
+    parquet = ParquetCatalogue.open(app_artifacts / "catalogue")
+    mongo.load_catalogue(parquet, mongod.url)
+    a = load_artifacts(app_artifacts, mongo_uri=mongod.url)
+    assert type(a.catalogue).__name__ == "MongoCatalogue" and len(a.catalogue) == 150
+    pid = int(parquet.ids()[9])
+    want = [h.product_id for h in Related(load_artifacts(app_artifacts)).related(pid, 5)]
+    assert [h.product_id for h in Related(a).related(pid, 5)] == want
+    client = create_app(app_artifacts, mongo_uri=mongod.url).test_client()
+    body = client.get(f"/api/products/{pid}").get_json()
+    assert body["category_path"] == list(parquet.product(pid).category_path)
+    r = client.get(f"/api/products/{pid}/related?k=5")
+    assert [h["product_id"] for h in r.get_json()["results"]] == want
+    assert client.get("/api/products/999999999").status_code == 404
+    a.close()
+
+
+def test_elasticsearch_method_when_a_node_answers(es_node, app_artifacts, tmp_path):
+    from helpers.index import build_index
+    from helpers.servers import wait_for_elasticsearch
+
+    wait_for_elasticsearch(es_node)
+    root = tmp_path / "art"
+    shutil.copytree(app_artifacts, root)
+    base = load_artifacts(root)
+    store = base.methods["faiss"].store
+    cats = base.catalogue.category_ids(store.product_ids)
+    build_index("elasticsearch", np.asarray(store.vectors), store.item_ids, cats,
+                url=es_node.url, index="vps-apps-test", source=store.made_by,
+                catalogue=base.catalogue, recreate=True).save(root / "index" / "es")
+    a = load_artifacts(root)
+    assert "elasticsearch" in a.available()
+    rel = Related(a)
+    pid = int(a.catalogue.ids()[2])
+    es = [h.product_id for h in rel.related(pid, 5, "elasticsearch")]
+    flat = [h.product_id for h in rel.related(pid, 5, "faiss")]
+    assert len(set(es) & set(flat)) >= 4 and pid not in es
+    p = a.catalogue.product(pid)
+    in_cat = rel.related(pid, 5, "elasticsearch", category=p.category_id)
+    assert (a.catalogue.category_ids([h.product_id for h in in_cat]) == p.category_id).all()
+    seen = [int(x) for x in a.catalogue.ids()[:3]]
+    assert not {h.product_id for h in rel.related_to_recent(seen, 5, "elasticsearch")} & set(seen)
+
+    client = create_app(root).test_client()
+    r = client.get(f"/api/products/{pid}/related?k=5&method=elasticsearch")
+    assert r.status_code == 200 and len(r.get_json()["results"]) == 5
+    data = a.images.pictures(p)[p.usable_images[0]]
+    import io
+
+    r = client.post("/api/search?method=elasticsearch&k=3",
+                    data={"image": (io.BytesIO(data), "p.jpg")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200 and r.get_json()["results"][0]["product_id"] == pid
+
+    # The node goes away: the method is unavailable, with a reason; the others still serve.
+    es_node.cleanup()
+    again = load_artifacts(root)
+    assert "elasticsearch" not in again.available() and "faiss" in again.available()
+    assert "could not be opened" in again.unavailable["elasticsearch"]
