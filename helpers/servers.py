@@ -52,6 +52,9 @@ from .services import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
+# 9.2.8: the first 9.x tried that runs on the Temurin 25 JDK here (9.0.0 is served too, but
+# its entitlement self-test fails on Java 25, and only Java 17 and 25 are installed; 8.x
+# runs on 17 but the client is pinned to 9). No integ-test zip ships Painless (8.19 neither).
 ES_VERSION = os.environ.get("VPS_ES_VERSION", "9.2.8")
 ES_ARTIFACT = "org.elasticsearch.distribution.integ-test-zip:elasticsearch:{version}:zip"
 ES_USER = "vps-es"
