@@ -249,28 +249,42 @@ def _unavailable(exc: BaseException) -> bool:
         or bool(names & {"ConnectionError", "ConnectionTimeout", "TransportError"})
 
 
-def disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+def current_version(path: str | os.PathLike) -> Path:
+    """A saved index folder's current version (``path/current``), or ``path`` itself."""
+    cur = Path(path) / "current"
+    return cur.resolve() if cur.exists() else Path(path)
+
+
+def disk_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the files of a saved index (its current version only)."""
+    return sum(f.stat().st_size for f in current_version(path).rglob("*") if f.is_file())
 
 
 _RSS_CHILD = """
-import sys, numpy as np
-from helpers.index import load_index
+import json, sys
+from pathlib import Path
+import numpy as np
+from helpers.index import METHODS, load_index
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
 q = np.load(sys.argv[2])
+try:  # the engine's library (faiss, annoy) is loaded before the clock: not the index
+    METHODS[json.loads((Path(sys.argv[3]) / "meta.json").read_text())["method"]]
+except (OSError, KeyError, ValueError):
+    pass
 before = rss()
 index = load_index(sys.argv[1])
-index.search(q, int(sys.argv[3]))
+index.search(q, int(sys.argv[4]))
 print(rss() - before)
 """
 
 
 def resident_bytes(index_dir: Path, queries: np.ndarray, k: int) -> float:
     """Memory a fresh process holds for the index: RSS after loading it and searching a
-    batch, minus RSS before loading (same imports). A memory-mapped index (Annoy) counts
+    batch, minus RSS before loading (the engine library already imported: its code is
+    not the index's). A memory-mapped index (Annoy) counts
     the pages the batch touched; they live in the page cache, shared by processes."""
     if not Path("/proc/self/status").exists():
         return float("nan")
@@ -279,7 +293,8 @@ def resident_bytes(index_dir: Path, queries: np.ndarray, k: int) -> float:
     try:
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(index_dir), str(qfile),
-                               str(k)], capture_output=True, text=True, timeout=300,
+                               str(current_version(index_dir)), str(k)],
+                              capture_output=True, text=True, timeout=300,
                               cwd=Path(__file__).resolve().parents[1], env=env)
         if proc.returncode:
             log.warning("memory of %s not measured: %s", index_dir, proc.stderr[-500:])
