@@ -14,6 +14,7 @@ import pytest
 
 import run_all
 from helpers import catalogue as cat
+from helpers import ids as item_ids
 from helpers.embed import embed_catalogue
 from helpers.index import (
     CategoryError,
@@ -142,6 +143,22 @@ def test_add_remove_and_padding(node, sample):
     assert not np.isin(new[:2], ix.search(v[150:153], K).ids).any()
     with pytest.raises(UnknownIdError):
         ix.remove(new[:1])
+    ix.drop()
+
+
+def test_image_level_documents_name_their_product(node, sample):
+    pids = sample["ids"][:20]
+    item = item_ids.encode(np.repeat(pids, 2), np.tile([0, 1], 20))
+    v = np.repeat(sample["vectors"][:20], 2, axis=0) + 0.01 * np.tile([[0.0], [1.0]], (20, 1))
+    ix = build_index("elasticsearch", v, item, np.repeat(sample["cats"][:20], 2), url=node.url,
+                     level="image", catalogue=sample["catalogue"], recreate=True)
+    assert ix.index.endswith("-image") and len(ix) == 40
+    doc = ix.client.get(index=ix.index, id=str(item[3]))["_source"]
+    p = sample["catalogue"].product(int(pids[1]))
+    assert (doc["product_id"], doc["image_index"]) == (p.product_id, 1)
+    assert doc["category_level1"] == p.category_path[0]
+    # The product's other picture is its nearest neighbour.
+    assert ix.search_by_id(item[2], 1).ids[0, 0] == item[3]
     ix.drop()
 
 
