@@ -183,16 +183,27 @@ def find_indexes(root: Path, method: str, made_by: dict[str, Any]) -> list[Path]
         if diff:
             log.info("%s: built from other vectors (%s), skipped", folder, ", ".join(diff))
             continue
+        parent = folder.parent
+        if (parent / "current").is_symlink():  # a versioned index: name/current -> v-<time>
+            if (parent / "current").resolve() != folder.resolve():
+                continue  # an older version, kept for readers still on it
+            folder = parent
         out.append(folder)
     return out
 
 
-def catalogue_dir(root: Path) -> Path:
-    """The run's catalogue folder: ``<root>/catalogue`` or, in other layouts, the newest
-    folder below root holding a ``catalogue.json``."""
-    default = root / "catalogue"
-    if (default / "catalogue.json").is_file():
-        return default
+def find_catalogues(root: Path) -> list[tuple[Path, str | None]]:
+    """(folder, fingerprint or None) of the run's catalogues, newest first: the Workspace's
+    (manifests), then any other folder below root holding catalogue.json + .parquet."""
+    out: list[tuple[Path, str | None]] = []
+    try:
+        from .artifacts import resolve_version
+        from .workspace import Workspace
+
+        for folder, manifest in Workspace(root).find("catalogue"):
+            out.append((resolve_version(folder), manifest.get("fingerprint")))
+    except Exception as exc:  # noqa: BLE001 - another layout: the scan below finds it
+        log.debug("Workspace.find('catalogue') not usable here: %s", exc)
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         if len(Path(dirpath).relative_to(root).parts) >= SCAN_DEPTH:
@@ -200,7 +211,21 @@ def catalogue_dir(root: Path) -> Path:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         if "catalogue.json" in filenames and "catalogue.parquet" in filenames:
             found.append(((Path(dirpath) / "catalogue.json").stat().st_mtime, Path(dirpath)))
-    return max(found)[1] if found else default
+    known = {f.resolve() for f, _ in out}
+    out += [(d, None) for _, d in sorted(found, reverse=True) if d.resolve() not in known]
+    return out
+
+
+def catalogue_dir(root: Path, fingerprints: set[str] | frozenset[str] = frozenset()) -> Path:
+    """The catalogue to serve: the newest one that vectors were made from (their
+    ``catalogue_sha256`` in ``fingerprints``), else the newest one."""
+    cands = find_catalogues(root)
+    if not cands:
+        return root / "catalogue"
+    for folder, fp in cands:
+        if fp and fp in fingerprints:
+            return folder
+    return cands[0][0]
 
 
 def _bson_of(cat_dir: Path) -> Path | None:
@@ -218,6 +243,13 @@ def _bson_of(cat_dir: Path) -> Path | None:
         log.info("%s recorded %s, which is gone; using %s", meta_path, path, moved)
         return moved
     return path
+
+
+def _store_fingerprints(root: Path) -> set[str]:
+    """Catalogue fingerprints that the run's finished vector stores were made from."""
+    return {str(meta["made_by"]["catalogue_sha256"]) for _, meta in _meta_files(root)
+            if isinstance(meta.get("made_by"), dict) and meta.get("complete")
+            and meta["made_by"].get("catalogue_sha256")}
 
 
 def _open_mongo(mongo_uri: str) -> Catalogue:
@@ -244,7 +276,7 @@ def load_artifacts(work_dir: str | os.PathLike | None = None, *,
     if not root.is_dir():
         raise ArtifactMissing(f"no artifacts at {root}: build them with `{BUILD['catalogue']}`"
                               f", or point {ENV_WORK_DIR} at a run's artifacts folder")
-    cat_dir = catalogue_dir(root)
+    cat_dir = catalogue_dir(root, _store_fingerprints(root))
     has_parquet = (cat_dir / "catalogue.json").is_file()
     if mongo_uri:
         catalogue = _open_mongo(mongo_uri)
@@ -335,32 +367,26 @@ def build_serving_artifacts(work_dir: str | os.PathLike, bson_path: str | os.Pat
     The same artifacts as the notebooks 01-04 write, in the same layout; tests build a
     small set of them from the built-in sample. Reuses what is already there.
     """
-    from . import catalogue as cat
-    from .embed import embed_catalogue
     from .index import build_index
     from .models import load_extractor
+    from .workspace import Workspace
 
-    root = Path(work_dir)
-    cat_dir = root / "catalogue"
-    cat.build_catalogue(bson_path, cat_dir, categories_path, limit=limit, progress=False)
-    catalogue = open_catalogue(cat_dir)
-    df = catalogue.df  # type: ignore[attr-defined]
-    extractor = load_extractor("onnx")
-    folder = root / "vectors" / f"{extractor.name}-onnx-{image_size}px-product"
-    store = embed_catalogue(df, bson_path, extractor, folder, image_size=image_size,
-                            level="product", rebuild_stale=True, progress=False)
+    ws = Workspace(work_dir)
+    catalogue = ws.catalogue(bson_path, categories_path, limit=limit)
+    images = ws.images(bson_path)
+    store = ws.vectors(catalogue, images, load_extractor("onnx"), image_size=image_size,
+                       level="product", progress=False)
     cats = catalogue.category_ids(store.product_ids)
     for name, method, params in (("faiss-" + factory.replace(",", "_"), "faiss",
                                   {"factory": factory}),
                                  (f"annoy-{n_trees}", "annoy", {"n_trees": n_trees})):
-        if not (root / "index" / name / "meta.json").is_file():
+        if not find_indexes(ws.root, method, store.made_by):
             build_index(method, store.vectors, store.item_ids, cats, source=store.made_by,
-                        **params).save(root / "index" / name)
+                        **params).save(ws.index_dir(name))
     if style:
         from .models import load_style_extractor
 
-        st = load_style_extractor()
-        embed_catalogue(df, bson_path, st, root / "vectors" / f"{st.name}-{image_size}px-product",
-                        image_size=image_size, level="product", rebuild_stale=True,
-                        progress=False)
-    return root
+        ws.vectors(catalogue, images, load_style_extractor(), image_size=image_size,
+                   level="product", progress=False)
+    images.close()
+    return ws.root

@@ -11,7 +11,7 @@ import pytest
 from apps.flask_app import create_app
 from helpers.products import ParquetCatalogue
 from helpers.related import Related
-from helpers.serving import load_artifacts
+from helpers.serving import find_catalogues, load_artifacts
 
 
 def _start(starter):
@@ -42,7 +42,7 @@ def es_node():
 def test_products_from_mongodb(mongod, app_artifacts):
     from helpers import mongo
 
-    parquet = ParquetCatalogue.open(app_artifacts / "catalogue")
+    parquet = ParquetCatalogue.open(find_catalogues(app_artifacts)[0][0])
     mongo.load_catalogue(parquet, mongod.url)
     a = load_artifacts(app_artifacts, mongo_uri=mongod.url)
     assert type(a.catalogue).__name__ == "MongoCatalogue" and len(a.catalogue) == 150
@@ -64,7 +64,7 @@ def test_elasticsearch_method_when_a_node_answers(es_node, app_artifacts, tmp_pa
 
     wait_for_elasticsearch(es_node)
     root = tmp_path / "art"
-    shutil.copytree(app_artifacts, root)
+    shutil.copytree(app_artifacts, root, symlinks=True)
     base = load_artifacts(root)
     store = base.methods["faiss"].store
     cats = base.catalogue.category_ids(store.product_ids)

@@ -24,7 +24,7 @@ from helpers.related import (
     parse_k,
     parse_product_id,
 )
-from helpers.serving import ArtifactMissing, load_artifacts
+from helpers.serving import ArtifactMissing, find_catalogues, load_artifacts
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_missing_artifacts_name_the_command(tmp_path, app_artifacts):
 
 def test_missing_index_makes_only_that_method_unavailable(tmp_path, app_artifacts):
     root = tmp_path / "art"
-    shutil.copytree(app_artifacts, root, ignore=shutil.ignore_patterns("annoy-*"))
+    shutil.copytree(app_artifacts, root, symlinks=True, ignore=shutil.ignore_patterns("annoy-*"))
     a = load_artifacts(root)
     assert "annoy" not in a.available() and "faiss" in a.available()
     assert "run_all.py --only 04" in a.unavailable["annoy"]
@@ -102,11 +102,24 @@ def test_vectors_of_another_catalogue_are_skipped(tmp_path, app_artifacts, sampl
     from helpers import catalogue as cat
 
     root = tmp_path / "art"
-    shutil.copytree(app_artifacts, root, ignore=shutil.ignore_patterns("catalogue"))
+    shutil.copytree(app_artifacts, root, symlinks=True, ignore=shutil.ignore_patterns("catalogue"))
     cat.build_catalogue(sample_bson, root / "catalogue", sample_categories, limit=40,
                         progress=False)  # another catalogue than the vectors were made from
     with pytest.raises(ArtifactMissing):
         load_artifacts(root)
+
+
+def test_serves_the_catalogue_the_vectors_were_made_from(tmp_path, app_artifacts,
+                                                         sample_bson, sample_categories):
+    from helpers.workspace import Workspace
+
+    root = tmp_path / "art"
+    shutil.copytree(app_artifacts, root, symlinks=True)
+    Workspace(root).catalogue(sample_bson, sample_categories, limit=40)  # newer, no vectors
+    assert len(find_catalogues(root)) == 2
+    a = load_artifacts(root)
+    assert len(a.catalogue) == 150 and "faiss" in a.available()
+    a.close()
 
 
 # -- related ----------------------------------------------------------------------------------
@@ -243,8 +256,8 @@ def test_sample_bson_found_after_the_app_moved(tmp_path, app_artifacts):
     import json
 
     root = tmp_path / "art"
-    shutil.copytree(app_artifacts, root)
-    meta_path = root / "catalogue" / "catalogue.json"
+    shutil.copytree(app_artifacts, root, symlinks=True)
+    meta_path = find_catalogues(root)[0][0] / "catalogue.json"
     meta = json.loads(meta_path.read_text())
     meta["source"]["path"] = "/tmp/build_1234/data/sample/fashion_sample.bson"
     meta_path.write_text(json.dumps(meta))
