@@ -279,6 +279,7 @@ def start_elasticsearch(port: int | None = None, workdir: Path | None = None,
     home = ensure_elasticsearch(version)
     jdk = java_home(21 if int(version.split(".")[0]) >= 9 else 17)
     port = port or free_port()
+    ours = workdir is None  # a temp folder we made: removed again if the start fails
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="vps-es-"))
     for sub in ("data", "logs", "tmp"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -326,6 +327,7 @@ def start_elasticsearch(port: int | None = None, workdir: Path | None = None,
                     restart_args={"heap": heap, "version": version, "timeout": timeout})
     server._launcher = proc  # type: ignore[attr-defined]
     server._t0 = t0  # type: ignore[attr-defined]
+    server._ours = ours  # type: ignore[attr-defined]
     if wait:
         wait_for_elasticsearch(server, timeout)
     return server
@@ -338,19 +340,31 @@ def wait_for_elasticsearch(server: Server, timeout: float = ES_START_TIMEOUT) ->
     deadline = t0 + timeout
     while time.monotonic() < deadline:
         if launcher is not None and launcher.poll() not in (None, 0):
-            raise ServiceUnavailable(f"Elasticsearch at {server.url} failed to start "
-                                     f"(exit {launcher.returncode}):\n{server.log_tail()}")
-        if es_health(server.url) in ("yellow", "green"):
-            if launcher is not None:
-                launcher.wait()  # the -d launcher exits once the node runs
+            msg = (f"Elasticsearch at {server.url} failed to start "
+                   f"(exit {launcher.returncode}):\n{server.log_tail()}")
+            _discard(server)
+            raise ServiceUnavailable(msg)
+        # The -d launcher exits 0 once its node runs: until then a health answer could come
+        # from another node already on that port.
+        started = launcher is None or launcher.poll() == 0
+        if started and es_health(server.url) in ("yellow", "green"):
             server.start_seconds = time.monotonic() - t0
             log.info("Elasticsearch up at %s (pid %s) in %.1f s", server.url, server.pid,
                      server.start_seconds)
             return server
         time.sleep(0.5)
-    server.stop()
-    raise ServiceUnavailable(f"Elasticsearch at {server.url} did not become healthy in "
-                             f"{timeout:.0f} s:\n{server.log_tail()}")
+    msg = (f"Elasticsearch at {server.url} did not become healthy in {timeout:.0f} s:\n"
+           f"{server.log_tail()}")
+    _discard(server)
+    raise ServiceUnavailable(msg)
+
+
+def _discard(server: Server) -> None:
+    """Stop a server that failed to start; remove its folder if we made it."""
+    if getattr(server, "_ours", False):
+        server.cleanup()
+    else:
+        server.stop()
 
 
 def es_health(url: str, timeout: float = 2.0) -> str | None:
@@ -384,6 +398,7 @@ def start_mongod(port: int | None = None, workdir: Path | None = None,
     """Start mongod on 127.0.0.1:port (free port if None) with its dbpath in workdir."""
     binary = mongod_path()
     port = port or free_port()
+    ours = workdir is None
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="vps-mongo-"))
     (workdir / "db").mkdir(parents=True, exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
@@ -398,25 +413,30 @@ def start_mongod(port: int | None = None, workdir: Path | None = None,
     pidfile.write_text(f"{proc.pid}\n")
     server = Server("mongod", f"mongodb://127.0.0.1:{port}", workdir, pidfile, port,
                     restart_args={"cache_gb": cache_gb, "timeout": timeout})
+    server._ours = ours  # type: ignore[attr-defined]
     deadline = t0 + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServiceUnavailable(f"mongod at {server.url} exited ({proc.returncode}) "
-                                     f"at start:\n{server.log_tail()}")
-        if _port_open(port):
+            msg = f"mongod at {server.url} exited ({proc.returncode}) at start:\n"
+            msg += server.log_tail()
+            _discard(server)
+            raise ServiceUnavailable(msg)
+        if _log_says(workdir / "logs" / "mongod.log", "Waiting for connections"):
             server.start_seconds = time.monotonic() - t0
             log.info("mongod up at %s (pid %d) in %.1f s", server.url, proc.pid,
                      server.start_seconds)
             return server
         time.sleep(0.1)
-    server.stop()
+    _discard(server)
     raise ServiceUnavailable(f"mongod at {server.url} did not start in {timeout:.0f} s")
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def _log_says(path: Path, text: str) -> bool:
+    """True once mongod's log has `text` (its own port is listening: not another's)."""
+    try:
+        return text in path.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 # -- command line ------------------------------------------------------------------------------

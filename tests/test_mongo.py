@@ -3,6 +3,9 @@ started here once for the module on a free port with a temp dbpath."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +14,7 @@ from helpers import mongo
 from helpers.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
 from helpers.products import Catalogue, ParquetCatalogue, UnknownProductError
 from helpers.servers import free_port, start_mongod
+from helpers.services import ServiceUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +88,13 @@ def test_server_down_is_one_clear_error(parquet):
         mongo.load_catalogue(parquet, url)
     with pytest.raises(mongo.MongoUnavailable, match=url):
         mongo.MongoCatalogue(url)
+
+
+def test_a_failed_start_is_one_clear_error_and_leaves_nothing(mongod):
+    before = set(Path(tempfile.gettempdir()).glob("vps-mongo-*"))
+    with pytest.raises(ServiceUnavailable, match=f"mongod at {mongod.url} exited"):
+        start_mongod(port=mongod.port)  # the port is taken
+    assert set(Path(tempfile.gettempdir()).glob("vps-mongo-*")) == before
 
 
 def test_server_killed_then_restarted_keeps_the_catalogue(mongod, parquet, loaded):
