@@ -210,8 +210,22 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
                 "method": request.values.get("method") or art.default_method,
                 "k": request.values.get("k") or 10, "product": None, "related": [],
                 "recent": [], "recent_related": [], "product_id": "", "max_k": MAX_K,
+                "uploaded": None,
+                "photo_methods": [m for m in art.available() if art.methods[m].upload],
                 "examples": [int(x) for x in art.catalogue.ids()[:5]],
                 "img": lambda pid, i: url_for("image", product_id=pid, index=i)}
+
+    @app.post("/search")
+    def search_page() -> Response:
+        ctx = page_context()
+        f = request.files.get("image")
+        if f is None or not f.filename:
+            raise RelatedError("choose a picture to search with")
+        k, method, category = query_options()
+        ctx.update(method=method, k=k)
+        ctx["uploaded"] = hits_json(rel.search_upload(f.stream.read(MAX_UPLOAD_BYTES + 1), k,
+                                                      method, category))
+        return Response(render_template_string(PAGE, error=None, **ctx), mimetype="text/html")
 
     @app.get("/")
     def index() -> Response:
@@ -374,6 +388,7 @@ PAGE = """<!doctype html>
  .card .score { font-size: 12px; color: var(--muted); }
  .strip { display: flex; gap: 8px; overflow-x: auto; }
  .strip .card { width: 110px; flex: none; }
+ form.upload { margin-top: 8px; }
  .empty { color: var(--muted); background: #fff; border: 1px dashed var(--line);
           padding: 14px; border-radius: 8px; }
 </style></head>
@@ -396,6 +411,16 @@ PAGE = """<!doctype html>
  <div class="hint">Try {% for e in examples %}<a class="example"
    href="/?product_id={{ e }}&method={{ method }}">{{ e }}</a>{% if not loop.last %}, {% endif %}
    {% endfor %} &middot; API: <a href="/openapi.json">/openapi.json</a></div>
+ <form method="post" action="/search" enctype="multipart/form-data" class="upload">
+  <label for="image">Or search by photo</label>
+  <input id="image" type="file" name="image" accept="image/jpeg,image/png,image/webp">
+  <select name="method" aria-label="photo method">
+   {% for m in photo_methods %}<option value="{{ m }}" {% if m == method %}selected{% endif %}>{{
+     dict(methods)[m] }}</option>{% endfor %}
+  </select>
+  <input type="hidden" name="k" value="{{ k }}">
+  <button type="submit">Search</button>
+ </form>
 </header>
 <main>
 {% if error %}<div class="error" role="alert">{{ error }}</div>{% endif %}
@@ -430,6 +455,14 @@ PAGE = """<!doctype html>
    {% if p.images %}<img src="{{ p.images[0] }}" alt="recently viewed">{% endif %}
    <div class="score">{{ p.product_id }}</div></a>{% endfor %}</div>
  {% endif %}
+{% elif uploaded is not none %}
+ <h2>Looks like your photo</h2>
+ {% if uploaded %}<div class="grid" id="uploaded">{% for h in uploaded %}
+  <a class="card" href="/?product_id={{ h.product_id }}&method={{ method }}&k={{ k }}">
+   {% if h.image %}<img src="{{ h.image }}" alt="{{ h.label }}">{% endif %}
+   <div class="label">{{ h.label }}</div>
+   <div class="score">{{ h.product_id }} &middot; {{ '%.3f' % h.score }}</div></a>
+ {% endfor %}</div>{% else %}<div class="empty">No product looks like it.</div>{% endif %}
 {% elif not error %}
  <div class="empty">Enter a product id above to see the products that look like it.</div>
 {% endif %}

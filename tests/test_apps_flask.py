@@ -333,3 +333,20 @@ def test_gunicorn(app_artifacts, art, pid):
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_page_search_by_photo(client, art, pid):
+    p = art.catalogue.product(pid)
+    data = art.images.pictures(p)[p.usable_images[0]]
+    r = client.post("/search", data={"image": (io.BytesIO(data), "p.jpg"), "k": "4",
+                                     "method": "annoy"}, content_type="multipart/form-data")
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200 and "Looks like your photo" in html
+    grid = html.split('id="uploaded"')[1]
+    assert re.findall(r"product_id=(\d+)", grid)[0] == str(pid)
+    assert len(re.findall(r'<img src="/images/\d+/\d+\.jpg"', grid)) == 4
+    r = client.post("/search", data={"image": (io.BytesIO(b"nope"), "p.jpg")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 400 and b"not a picture" in r.data
+    r = client.post("/search", data={}, content_type="multipart/form-data")
+    assert r.status_code == 400 and b"choose a picture" in r.data
