@@ -26,11 +26,11 @@ from helpers.index import (
     build_index,
     load_index,
 )
-from helpers.index.elasticsearch_index import ElasticsearchUnavailable, connect
+from helpers.index.elasticsearch_index import BulkIndexError, ElasticsearchUnavailable, connect
 from helpers.metrics import recall_at_k
 from helpers.models import load_extractor
 from helpers.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
-from helpers.products import ParquetCatalogue
+from helpers.products import ParquetCatalogue, Product
 from helpers.servers import free_port, start_elasticsearch, wait_for_elasticsearch
 from helpers.services import ServiceUnavailable
 
@@ -160,6 +160,21 @@ def test_image_level_documents_name_their_product(node, sample):
     # The product's other picture is its nearest neighbour.
     assert ix.search_by_id(item[2], 1).ids[0, 0] == item[3]
     ix.drop()
+
+
+def test_refused_documents_are_reported_by_id(node, sample):
+    bad = {int(i) for i in sample["ids"][[3, 7]]}
+
+    class Overflowing:  # n_images is a `short`: 40,000 is refused by the node
+        def products(self, ids):
+            return [Product(int(p), 1, None, 40_000 if int(p) in bad else 1) for p in ids]
+
+    with pytest.raises(BulkIndexError, match="2 documents refused") as e:
+        build_index("elasticsearch", sample["vectors"][:10], sample["ids"][:10],
+                    url=node.url, index="vps-test-refused", recreate=True,
+                    catalogue=Overflowing())
+    assert set(e.value.failures) == bad
+    assert all("n_images" in why for why in e.value.failures.values())
 
 
 def test_bad_input_gets_the_protocols_errors(node, sample, index):
