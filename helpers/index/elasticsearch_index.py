@@ -261,7 +261,7 @@ class ElasticsearchIndex:
         name = index or index_name(source, level)
         painless = _has_painless(client)
         if exact_field is None:
-            exact_field = not painless and not index_type.endswith("flat")
+            exact_field = not painless and index_type != "flat"  # int8_flat is not exact
         options: dict[str, Any] = {"type": index_type}
         if index_type.endswith("hnsw"):
             options |= {"m": int(m), "ef_construction": int(ef_construction)}
@@ -273,7 +273,7 @@ class ElasticsearchIndex:
                 "has_categories": cats is not None, "build_params": build_params,
                 "source": source,
                 "exact": "flat_field" if exact_field else
-                ("main_field" if index_type.endswith("flat") else "script_score")}
+                ("main_field" if index_type == "flat" else "script_score")}
         mapping = _mapping(meta, options)
         try:
             _create(client, name, mapping, shards, replicas, recreate)
