@@ -32,6 +32,9 @@ NOTEBOOKS = ROOT / "notebooks"
 # Kernels inherit these: keep TensorFlow's C++ logs (absl) out of the run's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
+# Idle OpenMP threads (FAISS) sleep instead of spinning: on a busy machine spinning threads
+# make each short search wait for a descheduled sibling (see helpers/index/faiss_index.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # A notebook failing with one of these has no data to work on: the ones after it would fail
 # the same way, so they are reported as skipped with its message.
 NO_DATA_ERRORS = {"NoProductsError"}
