@@ -17,6 +17,7 @@ COMMON = {"bson_path", "categories_path", "work_dir", "interactive"}
 def test_the_core_notebooks_exist():
     names = [b.stem.split("_")[0] for b in BOOKS]
     assert names[:4] == ["01", "02", "03", "04"]
+    assert "06" in names  # 06_compare; its runs: tests/test_compare.py (slow)
 
 
 @pytest.mark.parametrize("path", BOOKS, ids=[b.stem for b in BOOKS])
