@@ -335,8 +335,13 @@ def _style_method(root: Path, catalogue: Catalogue, fingerprint: str) -> Method:
 def _index_method(root: Path, name: str, features: Any) -> Method:
     from .index import METHODS, load_index
 
-    if name not in METHODS:
-        return Method(name, reason=f"the {name} engine is not installed in this version")
+    try:
+        METHODS[name]  # imports the engine's module (a Mapping's `in` would too)
+    except KeyError:
+        return Method(name, reason=f"the {name} engine is not part of this version")
+    except ImportError as exc:  # a slim deploy without that engine's client library
+        return Method(name, reason=f"the {name} engine needs the Python package "
+                                   f"{exc.name!r}: pip install it to serve {name}")
     if features is None:
         return Method(name, reason=f"no MobileNetV2 vectors: build them with "
                                    f"`{BUILD['vectors']}`")

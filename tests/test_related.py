@@ -264,3 +264,14 @@ def test_sample_bson_found_after_the_app_moved(tmp_path, app_artifacts):
     a = load_artifacts(root)
     assert a.bson_path.is_file() and a.bson_path.name == "fashion_sample.bson"
     a.close()
+
+
+def test_engine_without_its_package_is_unavailable(app_artifacts, monkeypatch):
+    """A slim deploy without an engine's client library serves the other methods."""
+    from helpers.index import METHODS
+
+    monkeypatch.setitem(METHODS._targets, "elasticsearch", "no_such_module_xyz:Index")
+    a = load_artifacts(app_artifacts)
+    assert "faiss" in a.available()
+    assert "no_such_module_xyz" in a.unavailable["elasticsearch"]
+    a.close()
