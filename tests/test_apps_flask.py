@@ -238,6 +238,8 @@ def test_page_errors(client):
     assert r.status_code == 400 and b"k must" in r.data
     r = client.get("/nowhere")
     assert r.status_code == 404
+    r = client.get("/?product_id=%3Cscript%3Ealert(1)%3C/script%3E")  # echoed, escaped
+    assert r.status_code == 400 and b"<script>alert" not in r.data and b"&lt;script" in r.data
 
 
 def test_missing_artifacts_fail_at_start(tmp_path):
