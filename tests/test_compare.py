@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import compare
+from helpers import compare, compare_plots
 from helpers.ids import encode
 
 
@@ -102,9 +102,21 @@ def test_compare_every_index_and_skip(tmp_path):
     assert "chance" in doc["advice"] and doc["settings"]["n_products"] == 300
     text = compare.advice(run.table, run.settings)
     assert "precision@10" in text and "Not measured here: " in text and "nope-224/exact (" in text
-    for fig in (compare.plot_precision(run.table), compare.plot_recall_qps(run),
-                compare.plot_cost(run.table)):
+    for fig in (compare_plots.plot_precision(run.table), compare_plots.plot_recall_qps(run),
+                compare_plots.plot_cost(run.table)):
         assert fig.axes
+
+    class Images:  # pictures by product id, as helpers.gallery.ProductImages
+        def image(self, product_id, image_index=None):
+            return np.full((8, 8, 3), product_id % 255, np.uint8)
+
+        def label(self, product_id, width=22):
+            return f"cat of {product_id}"
+
+    fig = compare_plots.plot_galleries(run, Images(), int(run.query_ids[0]), k=4)
+    assert len(fig.axes) == len(run.results) * 5  # a row per method: query + 4
+    assert compare_plots.category_gallery(run, Images(), 500, k=4) is not None
+    assert compare_plots.category_gallery(run, Images(), 999) is None  # no such category
 
 
 def _outputs(path):
