@@ -12,7 +12,8 @@ A *method* is an embedding and an index, written ``"<embedding>/<index>"``:
 Every method is measured on the same products and pictures:
 
 - quality: category precision@k (leaf and level 1, beside the chance rate), same-product
-  retrieval at image level (hit@1, hit@5, MRR; single-picture products are not queries),
+  retrieval at image level (hit@1, hit@5, MRR over the top 10; single-picture products are
+  not queries),
   recall@k against exact search on the same vectors;
 - cost: build time, size on disk, resident memory of a process that loads the index,
   latency p50/p99 one query at a time, QPS of a batch.
@@ -89,6 +90,7 @@ KNOBS = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch", "annoy": "searc
          "elasticsearch": "num_candidates"}
 TIE_SLACK = 5  # results asked beyond k, so that ties across the cut are seen
 RECALL_TARGET = 0.95
+MRR_DEPTH = 10  # same-product MRR: reciprocal rank within the first 10 results, else 0
 
 
 class MethodError(ValueError):
@@ -548,8 +550,10 @@ def _measure(m: Method, v: Vectors, cats_df: pd.DataFrame, queries_p: np.ndarray
         index_i, _ = build(m.index, v.image_vectors, v.image_ids, None, es_params=es_params,
                            **_engine_kw(m, "image"))
         qi = v.image_vectors[_rows_of(v.image_ids, queries_i)]
-        ids_i, sc_i = search_rows(index_i, qi, 5)
+        ids_i, sc_i = search_rows(index_i, qi, MRR_DEPTH)
         ids_i, sc_i = drop_self(ids_i, sc_i, queries_i)
+        # MRR over the first MRR_DEPTH results: a product found further down counts 0.
+        ids_i, sc_i = ids_i[:, :MRR_DEPTH], sc_i[:, :MRR_DEPTH]
         sp = same_product_retrieval(ids_i, sc_i, queries_i, v.image_ids, "image", (1, 5))
         out["hit@1"], out["hit@5"] = float(sp["hit@1"].mean()), float(sp["hit@5"].mean())
         out["mrr"] = float(sp["rr"].mean())
