@@ -75,7 +75,7 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
 
     def product_json(pid: int) -> dict[str, Any]:
         try:
-            p = art.catalogue.product(pid)
+            p = rel.product(pid)
         except UnknownProductError:
             raise NotFound(f"product {pid} is not in the catalogue") from None
         d = p.to_dict()
@@ -84,7 +84,7 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
         return d
 
     def hits_json(hits: list) -> list[dict[str, Any]]:
-        out = describe(art.catalogue, hits)
+        out = describe(rel, hits)
         for h in out:
             pic = h.pop("picture")
             h["image"] = (url_for("image", product_id=h["product_id"], index=pic)
@@ -180,7 +180,7 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
             raise RelatedError(f"a picture index is a small whole number, not {index[:20]!r}")
         i = int(index)
         try:
-            p = art.catalogue.product(pid)
+            p = rel.product(pid)
         except UnknownProductError:
             raise NotFound(f"product {pid} is not in the catalogue") from None
         if i >= p.n_images or i in p.bad_images:

@@ -33,6 +33,7 @@ from .serving import Artifacts, Method
 
 MAX_K = 100
 MAX_RECENT = 10
+PRODUCT_CACHE = 100_000  # Product objects kept by a Related (about 40 MB at most)
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # a phone photo is 2-6 MB
 MAX_UPLOAD_PIXELS = 40_000_000  # 8000 x 5000; checked on the header, before any decode
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
@@ -186,6 +187,27 @@ class Related:
         self._lock = threading.Lock()
         self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per store: sorted pids
         self._cats: dict[int, np.ndarray] = {}  # per store: category of each item
+        self._products: dict[int, Any] = {}  # product id -> Product (immutable once loaded)
+
+    # -- products (cached: a page shows the same products again and again) --
+
+    def product(self, product_id: int) -> Any:
+        """The catalogue's product (UnknownProductError if it is not there)."""
+        pid = int(product_id)
+        p = self._products.get(pid)
+        if p is None:
+            p = self.art.catalogue.product(pid)
+            if len(self._products) >= PRODUCT_CACHE:
+                self._products.clear()  # bounded; refilled by what is asked next
+            self._products[pid] = p
+        return p
+
+    def products(self, product_ids: Sequence[int]) -> list[Any]:
+        missing = [int(p) for p in product_ids if int(p) not in self._products]
+        if missing:
+            for p in self.art.catalogue.products(missing):
+                self._products[p.product_id] = p
+        return [self.product(p) for p in product_ids]
 
     # -- methods --
 
@@ -206,7 +228,7 @@ class Related:
     def product_vector(self, product_id: int, method: Method) -> np.ndarray:
         """The unit vector of a product in the method's space (mean of its pictures'
         vectors at image level). UnknownProductError / NoVectorError."""
-        self.art.catalogue.product(product_id)  # UnknownProductError for unknown ids
+        self.product(product_id)  # UnknownProductError for unknown ids
         store = method.store
         rows = self._product_rows(store, int(product_id))
         if rows.size == 0:
@@ -336,7 +358,10 @@ class Related:
 
 def describe(catalogue: Any, hits: Sequence[Hit]) -> list[dict[str, Any]]:
     """Hits with what a page shows: category path, label, the picture to show (the hit's
-    own picture at image level, else the product's first usable one; None if it has none)."""
+    own picture at image level, else the product's first usable one; None if it has none).
+
+    ``catalogue``: anything with ``products(ids)``: a Catalogue, or a `Related` (cached).
+    """
     if not hits:
         return []
     products = {p.product_id: p for p in catalogue.products([h.product_id for h in hits])}

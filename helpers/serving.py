@@ -352,6 +352,12 @@ def _index_method(root: Path, name: str, features: Any) -> Method:
     for folder in folders:
         try:
             index = load_index(folder, expect_source={"model": features.made_by.get("model")})
+            if name == "faiss":
+                import faiss
+
+                # An app runs one query per request, many requests at once: OpenMP threads
+                # per query only contend (a single-query search gets ~8x slower on 2 cores).
+                faiss.omp_set_num_threads(1)
             return Method(name, index=index, store=features, upload=True)
         except Exception as exc:  # noqa: BLE001 - a node down, a damaged file: try the next
             errors.append(f"{folder.name}: {type(exc).__name__}: {exc}")
