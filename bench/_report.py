@@ -41,8 +41,9 @@ def row(name: str, value: float, target: float | None = None, *, unit: str = "x"
 
 def check_rows(rows: Any, where: str) -> list[dict[str, Any]]:
     """Validate what a bench returned; a bench that returns nothing gets one row saying so."""
-    if rows is None:
-        return [{**row(f"{where}: no figures (main() returned None; see bench/_report.py)",
+    if not isinstance(rows, list | tuple):  # None, an exit status...: an older main()
+        what = type(rows).__name__ if rows is not None else "None"
+        return [{**row(f"{where}: no figures (main() returned {what}; see bench/_report.py)",
                        float("nan")), "met": None}]
     out = []
     for r in rows:

@@ -21,6 +21,7 @@ def test_check_rows_and_table():
     assert rows[0]["met"] is True and rows[0]["unit"] == "x"
     none = check_rows(None, "b")
     assert math.isnan(none[0]["value"]) and "no figures" in none[0]["name"]
+    assert "returned int" in check_rows(0, "b")[0]["name"]  # a main() returning a status
     text = table([{**rows[0], "bench": "b"}, {**row("p99", 12, 10, unit="ms",
                                                      higher_is_better=False), "bench": "c"}])
     assert "| b | x vs y | 2.50x | >= 2.00x | met |" in text
