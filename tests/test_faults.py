@@ -161,7 +161,7 @@ def _kill_and_resume(job: str, reference: float, out: Path, kills: int, seed: in
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers,kills", [(1, 8), (2, 5)])
+@pytest.mark.parametrize("workers,kills", [(1, 12), (2, 6)])
 def test_catalogue_killed_at_random_resumes_to_the_same(damaged, tmp_path, workers, kills):
     args = {"bson": damaged, "workers": workers, "every": 40}
     finished, seconds = _child("catalogue", None, out=tmp_path / "ref", **args)
@@ -182,7 +182,7 @@ def damaged_catalogue(damaged, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("level,kills", [("product", 6), ("image", 3)])
+@pytest.mark.parametrize("level,kills", [("product", 8), ("image", 4)])
 def test_embedding_killed_at_random_resumes_to_the_same(damaged, damaged_catalogue, tmp_path,
                                                         level, kills):
     args = {"bson": damaged, "catalogue": damaged_catalogue, "level": level}
