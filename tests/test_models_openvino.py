@@ -1,0 +1,133 @@
+"""Backend "openvino": bf16 MobileNetV2 from the same ONNX graph, uint8 input.
+
+Agreement with fp32 (onnxruntime) is checked on real pictures: the built-in sample's
+photos and, when present, the real Cdiscount sample's, at 224 and 180 px. The bound:
+cosine >= 0.99 per picture and a largest feature error under 4% of the fp32 vector's
+norm (bf16 keeps 8 bits of mantissa). Measured on 96 pictures of each: cosine >= 0.993
+(mean 0.998) and error <= 2.5% of the norm on the built-in sample, cosine >= 0.995
+(mean 0.999) and <= 1.5% on the real one. Whether the neighbours stay the same is
+measured on whole catalogues by bench/bench_embed.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bson
+import numpy as np
+import pytest
+
+import helpers.models as hm
+from helpers.images import decode_image
+from helpers.vectors import VectorStore, VectorStoreError
+
+pytest.importorskip("openvino")
+
+MIN_COSINE = 0.99
+MAX_REL_ERROR = 0.04
+REFERENCE = Path(__file__).parent / "data" / "mobilenet_v2_torch_reference.npz"
+
+
+def _pictures(path: Path, n: int, size: int = 224) -> np.ndarray:
+    """The first ``n`` pictures of a Cdiscount-format BSON file, decoded to uint8."""
+    out = []
+    with open(path, "rb") as f:
+        for doc in bson.decode_file_iter(f):
+            for img in doc["imgs"]:
+                out.append(decode_image(img["picture"], size))
+                if len(out) == n:
+                    return np.stack(out)
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def fp32(model_cache: Path) -> hm.FeatureExtractor:
+    return hm.load_extractor("onnx", cache_dir=model_cache, intra_op_threads=2)
+
+
+@pytest.fixture(scope="module")
+def ov(model_cache: Path) -> hm.FeatureExtractor:
+    return hm.load_extractor("openvino", cache_dir=model_cache, intra_op_threads=2)
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per picture: cosine, and max abs error relative to the fp32 vector's norm."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = (a * b).sum(1) / (na * nb)
+    return cos, np.abs(a - b).max(1) / nb
+
+
+def test_openvino_declares_its_input_and_precision(ov: hm.FeatureExtractor,
+                                                   fp32: hm.FeatureExtractor) -> None:
+    assert ov.input_spec == hm.InputSpec("uint8", None)
+    assert ov.dim == 1280 and ov.backend == "openvino"
+    meta = ov.meta()
+    assert meta["backend"] == "openvino" and meta["precision"] in ("bf16", "fp32")
+    # Same model and weights as fp32, so only backend and precision tell them apart.
+    assert {k: v for k, v in meta.items() if k not in ("backend", "precision")} == {
+        k: v for k, v in fp32.meta().items() if k not in ("backend", "precision")}
+
+
+@pytest.mark.parametrize("which", ["sample", "real"])
+def test_openvino_agrees_with_fp32_on_real_pictures(
+    which: str, ov: hm.FeatureExtractor, fp32: hm.FeatureExtractor, request: pytest.FixtureRequest
+) -> None:
+    path = request.getfixturevalue("sample_bson" if which == "sample" else "cdiscount_bson")
+    for size in (224, 180):
+        u8 = _pictures(path, 96, size)
+        cos, rel = _agreement(ov(u8), fp32(u8))
+        assert cos.min() >= MIN_COSINE, (size, cos.min())
+        assert rel.max() <= MAX_REL_ERROR, (size, rel.max())
+
+
+def test_openvino_float_and_uint8_inputs_agree(ov: hm.FeatureExtractor,
+                                               sample_bson: Path) -> None:
+    u8 = _pictures(sample_bson, 8)
+    from_u8, from_float = ov(u8), ov(u8 * np.float32(1 / 255))  # two compiled models
+    cos, _ = _agreement(from_float, from_u8)
+    assert cos.min() > 0.9999
+    np.testing.assert_allclose(ov(u8[:3]), from_u8[:3], rtol=0, atol=1e-6)  # batch-independent
+
+
+def test_openvino_imagenet_top5(model_cache: Path) -> None:
+    """Top-5 on torchvision's reference photos: the ImageNet head through bf16."""
+    with np.load(REFERENCE) as ref:
+        images, ref_logits = ref["images"], ref["logits"]
+    clf = hm.load_classifier("openvino", cache_dir=model_cache, intra_op_threads=2)
+    top = clf.top_k(images, k=5)
+    assert {i for i, _, _ in top[0]} & set(range(281, 286)), top[0]  # a domestic cat
+    assert 967 in {i for i, _, _ in top[1]}, top[1]  # espresso
+    assert [t[0][0] for t in top] == ref_logits.argmax(1)[:3].tolist()  # torch's top-1
+
+
+def test_openvino_fp32_matches_torchvision(model_cache: Path) -> None:
+    """precision="fp32" is the plain graph: within torchvision's reference tolerance x10."""
+    ext = hm.load_extractor("openvino", cache_dir=model_cache, precision="fp32",
+                            intra_op_threads=2)
+    assert ext.meta()["precision"] == "fp32"
+    with np.load(REFERENCE) as ref:
+        np.testing.assert_allclose(ext(ref["images"]), ref["features"][:3], rtol=0, atol=1e-4)
+
+
+def test_store_made_by_another_backend_is_refused(
+    ov: hm.FeatureExtractor, fp32: hm.FeatureExtractor, sample_bson: Path,
+    sample_categories: Path, tmp_path: Path
+) -> None:
+    from helpers import catalogue as cat
+    from helpers.embed import embed_catalogue
+
+    cat.build_catalogue(sample_bson, tmp_path / "catalogue", sample_categories, progress=False)
+    head = cat.load_catalogue(tmp_path / "catalogue").head(6)
+    store = embed_catalogue(head, sample_bson, fp32, tmp_path / "vectors", image_size=96,
+                            progress=False)
+    assert store.made_by["backend"] == "onnx" and store.made_by["precision"] == "fp32"
+    with pytest.raises(VectorStoreError, match="backend"):
+        embed_catalogue(head, sample_bson, ov, tmp_path / "vectors", image_size=96,
+                        progress=False)
+    with pytest.raises(VectorStoreError, match="backend"):
+        VectorStore(tmp_path / "vectors", expect=ov.meta())
