@@ -275,3 +275,36 @@ def test_engine_without_its_package_is_unavailable(app_artifacts, monkeypatch):
     assert "faiss" in a.available()
     assert "no_such_module_xyz" in a.unavailable["elasticsearch"]
     a.close()
+
+
+def test_image_level_index(tmp_path, app_artifacts, sample_bson):
+    """An index of one vector per picture: hits are products (best picture), with the
+    picture that matched; a product's own pictures are all left out."""
+    from helpers.index import build_index
+    from helpers.models import load_extractor
+    from helpers.products import ParquetCatalogue
+    from helpers.workspace import Workspace
+
+    root = tmp_path / "art"
+    shutil.copytree(app_artifacts / "catalogue", root / "catalogue")
+    ws = Workspace(root)
+    catalogue = ParquetCatalogue.open(find_catalogues(root)[0][0])
+    store = ws.vectors(catalogue, ws.images(sample_bson), load_extractor("onnx"),
+                       image_size=180, level="image", progress=False)
+    assert len(store) > len(catalogue)  # several pictures a product
+    build_index("faiss", store.vectors, store.item_ids,
+                catalogue.category_ids(store.product_ids), factory="Flat",
+                source=store.made_by).save(ws.index_dir("faiss-image"))
+    a = load_artifacts(root)
+    assert a.available() == ["faiss"] and a.methods["faiss"].level == "image"
+    rel = Related(a)
+    multi = next(p for p in a.catalogue.page(0, 150) if len(p.usable_images) > 1)
+    hits = rel.related(multi.product_id, 8)
+    ids = [h.product_id for h in hits]
+    assert len(ids) == 8 == len(set(ids)) and multi.product_id not in ids
+    assert all(h.image_index is not None for h in hits)
+    # A picture of the product finds the product, and says which picture matched.
+    i = multi.usable_images[1]
+    up = rel.search_upload(a.images.pictures(multi)[i], 3)
+    assert (up[0].product_id, up[0].image_index) == (multi.product_id, i)
+    a.close()
