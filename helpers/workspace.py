@@ -65,6 +65,7 @@ class Workspace:
         folder = self.catalogue_dir(bson_path, categories, limit=limit, **kw)
         summary = cat.build_catalogue(bson_path, folder, categories, limit=limit,
                                       progress=progress, workers=workers, **kw)
+        cat.require_products(summary)  # an empty dump: one plain error, in every notebook
         log.info("catalogue: %s products, %s images, %s categories (%s rejected)",
                  f"{summary.products_kept:,}", f"{summary.images_kept:,}",
                  summary.categories, summary.products_rejected)

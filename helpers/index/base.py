@@ -678,7 +678,7 @@ class LocalIndex(ABC):
     # -- persistence --
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index under directory `path` as a new version; return that version.
+        """Write the index under directory `path` as a new version; return `path`.
 
         Layout: `path/current` -> `path/v-<time>/` holding <engine_file> (the engine's own
         format, if any), ids.npy [n] int64, categories.npy [n] int64 (only if built with
