@@ -3,6 +3,7 @@
     flock /tmp/vps-heavy.lock python bench/bench_scale.py              # all three parts
     python bench/bench_scale.py --only scan --size-gb 3 --keep
     python bench/bench_scale.py --only index --n-vectors 1000000
+    python bench/bench_scale.py --only sizes --sizes 180 128
 
 scan:  a multi-GB Cdiscount-format file of real documents with the real category skew
        (bench/simulate.py), catalogued by Dask (LocalCluster, one task per byte range)
@@ -12,6 +13,7 @@ scan:  a multi-GB Cdiscount-format file of real documents with the real category
 embed: pictures/s of the ONNX MobileNetV2 pipeline at 180 px (native size) on real
        Cdiscount photos: in-process baseline, Dask 2 workers x 1 thread, 1 worker x 2 ORT
        threads; per worker and per node; worker memory.
+sizes: pictures per CPU-second and precision@10 at smaller picture sizes.
 index: simulated MobileNetV2-like vectors at 1 M+ (real spectrum, real category skew),
        a sharded memory-mapped store; PCA + IVF-PQ + SQ8 refine trained on a sample and
        added in chunks; recall@10 vs exact search on the same reduced vectors and on the
@@ -126,30 +128,39 @@ def bench_embed(args: argparse.Namespace) -> dict:
         pics = s.images_kept
         df = cat.load_catalogue(tmp / "cat")
         ex = load_extractor("onnx", intra_op_threads=2)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         embed_catalogue(df, path, ex, tmp / "inproc", image_size=180, level="image",
                         progress=False)
-        rows.append(("in-process, ORT 2 threads (no Dask)", time.perf_counter() - t0, 1))
+        rows.append(("in-process, ORT 2 threads (no Dask)", time.perf_counter() - t0,
+                     _cpu() - c0, 1))
         for workers, threads in ((2, 1), (1, 2)):
             with dist.dask_client(workers=workers, report=lambda _: None) as client:
+                c0 = sum(client.run(_cpu).values())
                 t0 = time.perf_counter()
                 dist.embed_catalogue(tmp / "cat", path, dist.onnx_extractor(threads),
                                      tmp / f"d{workers}", image_size=180, level="image",
                                      scheduler=client, partition_bytes=args.embed_part_mb << 20,
                                      progress=False, report=lambda _: None)
                 secs = time.perf_counter() - t0
+                cpu = sum(client.run(_cpu).values()) - c0
                 rss = max(client.run(_rss).values())
-            rows.append((f"Dask {workers} worker(s) x ORT {threads} thread(s)", secs, workers))
-            out[f"dask_{workers}x{threads}"] = pics / secs
+            rows.append((f"Dask {workers} worker(s) x ORT {threads} thread(s)", secs, cpu,
+                         workers))
+            # Per CPU-second: what a core gives when it is not shared (load-independent).
+            out[f"cpu_{workers}x{threads}"] = pics / cpu
             out[f"rss_{workers}x{threads}"] = rss
     print(f"\n{pics:,} real Cdiscount pictures, MobileNetV2 ONNX at 180 px; load {load()}")
-    print(f"{'pipeline':<44}{'pictures/s':>11}{'per worker':>11}")
-    for name, secs, workers in rows:
-        print(f"{name:<44}{pics / secs:>11,.0f}{pics / secs / workers:>11,.0f}")
+    print("wall: under the machine's load at the time; per CPU-second: pictures per second of"
+          " CPU the pipeline got, i.e. per core when the core is not shared")
+    print(f"{'pipeline':<40}{'pictures/s wall':>16}{'per worker':>11}{'per CPU-s':>10}")
+    for name, secs, cpu, workers in rows:
+        print(f"{name:<40}{pics / secs:>16,.0f}{pics / secs / workers:>11,.0f}"
+              f"{pics / cpu:>10,.0f}")
     for k in ("2x1", "1x2"):
         print(f"worker peak memory, Dask {k}: {out[f'rss_{k}'] / 2**20:,.0f} MiB"
               f" (limit {dist.DEFAULT_MEMORY})")
-    out["node_pics_s"] = max(out["dask_2x1"], out["dask_1x2"])
+    # A node of 2 unshared cores running 2 single-threaded workers.
+    out["node_pics_s"] = 2 * out["cpu_2x1"]
     return out
 
 
@@ -157,6 +168,49 @@ def _rss() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its threads so far."""
+    t = os.times()
+    return t.user + t.system
+
+
+def bench_sizes(args: argparse.Namespace) -> dict:
+    """Pictures per CPU-second and precision@10 by category at each picture size: what a
+    smaller input buys when one node must embed 12.4 M pictures in 8 hours."""
+    from helpers.embed import embed_catalogue
+    from helpers.metrics import precision_at_k
+    from helpers.models import load_extractor
+    from helpers.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
+
+    path = make_bson(DATA / "embed.bson", args.embed_gb, kaggle_only=True)
+    ex = load_extractor("onnx", intra_op_threads=1)  # one core, as a Dask worker has
+    out, rows = {}, []
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+        tmp = Path(tmp)
+        cat.build_catalogue(path, tmp / "cat", CATS, progress=False)
+        cat.build_catalogue(SAMPLE_BSON, tmp / "sample", SAMPLE_CATEGORIES, progress=False)
+        df, sample = cat.load_catalogue(tmp / "cat"), cat.load_catalogue(tmp / "sample")
+        for size in args.sizes:
+            c0 = _cpu()
+            st = embed_catalogue(df, path, ex, tmp / f"e{size}", image_size=size,
+                                 level="image", decode_threads=1, progress=False)
+            rate = len(st) / (_cpu() - c0)
+            v = embed_catalogue(sample, SAMPLE_BSON, ex, tmp / f"s{size}", image_size=size,
+                                progress=False)
+            x = bi.unit(np.asarray(v.vectors))
+            cats = cat.categories_of(sample, v.product_ids)
+            nn = np.argsort(-(x @ x.T), axis=1)[:, 1:11]
+            prec = precision_at_k(cats[nn], cats, 10)
+            rows.append((size, rate, prec))
+            out[f"cpu_rate_{size}"] = rate
+    print(f"\npicture size vs speed (real Cdiscount photos, 1 ORT thread) and precision@10 by "
+          f"category (built-in sample, product vectors); load {load()}")
+    print(f"{'px':>5}{'pictures/CPU-s':>16}{'precision@10':>14}{'1-node hours':>14}")
+    for size, rate, prec in rows:
+        print(f"{size:>5}{rate:>16,.0f}{prec:>14.3f}{TRAIN_PICTURES / (2 * rate) / 3600:>14.1f}")
+    return out
 
 
 # ---------------------------------------------------------------- index
@@ -181,8 +235,11 @@ def _recall(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, b, strict=True)]))
 
 
-def _loaded_rss(path: Path) -> int:
+def _loaded_rss(path: Path, table: bool) -> int:
+    """RSS growth of a fresh process loading the index. table=False: IVFPQ's precomputed
+    L2 table (nlist x M x 256 floats, built at load) is not made (slightly slower search)."""
     code = ("import faiss,sys\n"
+            f"faiss.cvar.precomputed_table_max_bytes = {2**31 if table else 0}\n"
             "r=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0]"
             ".split()[1])*1024\n"
             "a=r(); i=faiss.read_index(sys.argv[1]); print(r()-a)")
@@ -208,7 +265,9 @@ def bench_index(args: argparse.Namespace) -> dict:
     db_chunks = lambda: ((s, b) for s, b in m.chunks(65536) if s < n)  # noqa: E731
     db_chunks_cut = lambda: ((s, b[: n - s]) for s, b in db_chunks())  # noqa: E731
     t0 = time.perf_counter()
-    truth_full = _exact(db_chunks_cut(), queries, k)
+    cached = folder / f"truth-{n}-{nq}.npy"
+    truth_full = np.load(cached) if cached.exists() else _exact(db_chunks_cut(), queries, k)
+    np.save(cached, truth_full)
     print(f"exact 1280-d ground truth: {time.perf_counter() - t0:.0f} s")
     sizes = np.bincount(np.unique(cats[:n], return_inverse=True)[1])
     real = category_skew()["images"].to_numpy()
@@ -228,24 +287,26 @@ def bench_index(args: argparse.Namespace) -> dict:
         size = bi.nbytes(index)
         path = DATA / f"index-{dim}.faiss"
         faiss.write_index(index, str(path))
-        rss = _loaded_rss(path)
+        rss, rss_table = _loaded_rss(path, table=False), _loaded_rss(path, table=True)
         path.unlink()
+        table = nlist * 256 * 4 * args.pq  # IVFPQ's precomputed L2 table, if enabled
         truth_red = _exact(db_chunks_cut(), bi.reduce(index, queries), k,
                            transform=lambda b, ix=index: bi.reduce(ix, b))
         per_vec = (size - empty) / n
-        fixed_12m = empty + (4 * 16384 - 4 * nlist) * dim  # nlist 16384 at 12.4 M
-        at_12m = fixed_12m + per_vec * TRAIN_PICTURES
+        at_12m = empty + per_vec * TRAIN_PICTURES  # same nlist: ~3,000 vectors a list
         lost = _recall(truth_red, truth_full)
         print(f"\nPCA{dim},IVF{nlist},PQ{args.pq},Refine(SQ8): train {train_s:.0f} s "
               f"({min(n, 39 * nlist):,} vectors), add {add_s:.0f} s in 64k-row chunks; "
               f"list imbalance {bi.list_imbalance(index):.2f}")
-        print(f"  size {size / 2**20:,.0f} MiB serialized, {rss / 2**20:,.0f} MiB RSS when "
-              f"loaded; {per_vec:.0f} B/vector -> {at_12m / 1e9:.2f} GB at 12.4 M "
-              f"({at_12m / 2**30:.2f} GiB)")
+        print(f"  size {size / 2**20:,.0f} MiB serialized; RSS of a fresh process loading it "
+              f"{rss / 2**20:,.0f} MiB (precomputed table off), {rss_table / 2**20:,.0f} MiB "
+              f"(on: +{table / 2**20:,.0f} MiB, nlist x {args.pq} x 256 floats)")
+        print(f"  {per_vec:.0f} B/vector -> {at_12m / 1e9:.2f} GB at 12.4 M "
+              f"({at_12m / 2**30:.2f} GiB), table off")
         print(f"  exact on the {dim}-d vectors vs exact 1280-d: recall@10 {lost:.3f}")
         print(f"  {'nprobe':>7}{'k_factor':>9}{'r@10 vs exact-' + str(dim):>18}"
               f"{'r@10 vs 1280-d':>16}{'QPS':>8}")
-        for nprobe, kf in ((16, 8), (32, 8), (64, 8), (64, 16), (128, 16)):
+        for nprobe, kf in args.knobs:
             bi.search(index, queries[:50], k, nprobe, kf)  # warm
             t0 = time.perf_counter()
             _, ids = bi.search(index, queries, k, nprobe, kf)
@@ -266,12 +327,14 @@ def bench_index(args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="scan,embed,index")
+    ap.add_argument("--only", default="scan,embed,sizes,index")
     ap.add_argument("--size-gb", type=float, default=3.0, help="scan file size")
     ap.add_argument("--partition-mb", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--embed-gb", type=float, default=0.02, help="embedding file size")
     ap.add_argument("--embed-part-mb", type=int, default=4)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[180, 144, 128],
+                    help="picture sizes compared by --only sizes")
     ap.add_argument("--n-vectors", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--within", type=float, default=0.6,
@@ -279,6 +342,9 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[256, 128])
     ap.add_argument("--nlist", type=int, default=4096)
     ap.add_argument("--pq", type=int, default=32)
+    ap.add_argument("--knobs", type=lambda t: [tuple(map(int, x.split(":"))) for x in t.split(",")],
+                    default="32:16,64:32,128:32,128:64,256:64,512:128",
+                    help="nprobe:k_factor pairs searched")
     ap.add_argument("--keep", action="store_true", help="keep the multi-GB files")
     args = ap.parse_args()
     parts = args.only.split(",")
@@ -289,6 +355,8 @@ def main() -> None:
             got |= bench_scan(args)
         if "embed" in parts:
             got |= bench_embed(args)
+        if "sizes" in parts:
+            got |= bench_sizes(args)
         if "index" in parts:
             got |= bench_index(args)
     finally:
@@ -302,7 +370,8 @@ def main() -> None:
         one = scan_h + embed_h
         print(f"projection, full train.bson (58 GB, {TRAIN_PICTURES:,} pictures):")
         print(f"  scan {scan_h:.2f} h at {got['dask_cold_mbs']:,.0f} MB/s cold + embed "
-              f"{embed_h:.2f} h at {got['node_pics_s']:,.0f} pictures/s a node")
+              f"{embed_h:.2f} h at {got['node_pics_s']:,.0f} pictures/s a node (2 unshared"
+              " cores x measured pictures per CPU-second of a 1-thread worker)")
         print(f"  1 node:  {one:.2f} h   target <= 8 h: {'met' if one <= 8 else 'short'}")
         print(f"  8 nodes: {one / 8:.2f} h   target <= 1 h: {'met' if one / 8 <= 1 else 'short'}"
               " (each node reads its own ranges: storage must give 8x the bandwidth)")
