@@ -224,7 +224,12 @@ def ensure_elasticsearch(version: str = ES_VERSION) -> Path:
         unpacked = Path(tmp) / "unpacked"
         _unzip(zips[0], unpacked)
         (top,) = list(unpacked.iterdir())
-        os.replace(top, home)  # atomic: a half-unpacked folder never has the final name
+        try:
+            os.replace(top, home)  # atomic: a half-unpacked folder never has the final name
+        except OSError:
+            if not (home / "bin" / "elasticsearch").is_file():
+                raise
+            # Another process unpacked it meanwhile: use theirs (the temp copy goes).
     _chmod_readable(home)
     return home
 
