@@ -27,6 +27,11 @@ class Registry(Mapping[str, type]):
             target = self._targets[name] = getattr(importlib.import_module(module), attr)
         return target
 
+    def __contains__(self, name: object) -> bool:
+        # Only the registered names: Mapping's default would import the module, and fail
+        # when its engine (e.g. the elasticsearch client) is not installed.
+        return name in self._targets
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._targets)
 

@@ -184,3 +184,15 @@ def test_the_wheel_carries_the_sample_and_finds_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, text=True,
                          capture_output=True, env={"PYTHONPATH": str(site), "PATH": "/usr/bin"})
     assert str(site) in out.stdout
+
+
+def test_registry_membership_imports_nothing():
+    from helpers.registry import Registry
+
+    reg = Registry("thing", {"ok": "helpers.ids:ItemIdError", "gone": "no_such_module:X"})
+    assert "gone" in reg and "other" not in reg  # no import of no_such_module
+    assert reg["ok"].__name__ == "ItemIdError"
+    with pytest.raises(ModuleNotFoundError):
+        reg["gone"]
+    with pytest.raises(KeyError, match="unknown thing 'other'"):
+        reg["other"]
