@@ -131,3 +131,19 @@ def test_store_made_by_another_backend_is_refused(
                         progress=False)
     with pytest.raises(VectorStoreError, match="backend"):
         VectorStore(tmp_path / "vectors", expect=ov.meta())
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnx"])
+def test_int8_imagenet_top5_and_meta(backend: str, model_cache: Path) -> None:
+    """The int8 QDQ graph (calibrated on 64 sample pictures here) still sees cat and cup."""
+    options = {"precision": "int8", "calibration_pictures": 64}
+    ext = hm.load_extractor(backend, cache_dir=model_cache, intra_op_threads=2, **options)
+    meta = ext.meta()
+    assert meta["precision"] == "int8" and meta["calibration"].startswith("sample:64:")
+    assert ext.path.name.startswith("mobilenet_v2_100_imagenet.int8-")
+    assert ext.path.stat().st_mode & 0o777 == 0o644
+    with np.load(REFERENCE) as ref:
+        top = hm.load_classifier(backend, cache_dir=model_cache, intra_op_threads=2,
+                                 **options).top_k(ref["images"], k=5)
+    assert {i for i, _, _ in top[0]} & set(range(281, 286)), top[0]
+    assert 967 in {i for i, _, _ in top[1]}, top[1]

@@ -27,6 +27,9 @@ __all__ = ["calibration_pictures", "ensure_int8_model", "pictures_sha256"]
 
 log = logging.getLogger(__name__)
 
+RECIPE = "v3"  # bump when the quantisation settings change: the cached file is rebuilt
+FLOAT_CONVS = ("features_0_0", "features_18_0")  # node names: see onnx_backend
+
 
 def calibration_pictures(bson_path: str | Path | None = None, n: int = 300,
                          size: int = 224) -> np.ndarray:
@@ -71,6 +74,24 @@ def _reader(pictures: np.ndarray, batch: int) -> object:
     return Reader()
 
 
+def _name_nodes(path: Path) -> None:
+    """Name the graph's anonymous nodes (ReLU6 after their convolution), to exclude them."""
+    import onnx
+
+    model = onnx.load(str(path))
+    names = {"GlobalAveragePool": "pool", "Flatten": "flatten", "Gemm": "head"}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for i, node in enumerate(model.graph.node):
+        if node.name:
+            continue
+        source = producer.get(node.input[0]) if node.input else None
+        if node.op_type == "Clip" and source is not None and source.name:
+            node.name = f"{source.name}_relu6"
+        else:
+            node.name = names.get(node.op_type, f"{node.op_type.lower()}_{i}")
+    onnx.save(model, str(path))
+
+
 def ensure_int8_model(fp32_path: str | Path, pictures: np.ndarray,
                       method: str = "MinMax") -> Path:
     """The QDQ int8 ``.onnx`` beside ``fp32_path``, calibrated on ``pictures`` (uint8).
@@ -87,7 +108,7 @@ def ensure_int8_model(fp32_path: str | Path, pictures: np.ndarray,
 
     fp32_path = Path(fp32_path)
     key = pictures_sha256(pictures)
-    final = fp32_path.with_name(f"{fp32_path.stem}.int8-{method.lower()}-{key}.onnx")
+    final = fp32_path.with_name(f"{fp32_path.stem}.int8-{RECIPE}-{method.lower()}-{key}.onnx")
     if final.is_file():
         return final
     log.info("quantising %s to int8 on %d calibration pictures (%s)", fp32_path.name,
@@ -96,6 +117,7 @@ def ensure_int8_model(fp32_path: str | Path, pictures: np.ndarray,
         pre = Path(tmp) / "pre.onnx"
         out = Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        _name_nodes(pre)
         quantize_static(
             str(pre), str(out), _reader(pictures, 32),
             quant_format=QuantFormat.QDQ,
@@ -103,8 +125,11 @@ def ensure_int8_model(fp32_path: str | Path, pictures: np.ndarray,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, method),
-            # the ImageNet normalisation and the head stay float: only the convolutions
-            nodes_to_exclude=["logits"],
+            # Not the first convolution (it sees the raw picture) nor the last (its
+            # output, averaged, IS the feature vector: uint8 steps there would be steps
+            # in every feature), with their ReLU6; nor the pooling and the head.
+            nodes_to_exclude=[*FLOAT_CONVS, *(f"{c}_relu6" for c in FLOAT_CONVS),
+                              "pool", "flatten", "head"],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         return cache.publish_file(final, out.read_bytes())
