@@ -65,6 +65,7 @@ BACKENDS = Registry(
         "onnx": "helpers.models.onnx_backend:OnnxFeatureExtractor",
         "tf": "helpers.models.tf_backend:TFHubFeatureExtractor",
         "openvino": "helpers.models.openvino_backend:OpenVinoFeatureExtractor",
+        "efficientnet_lite2": "helpers.models.efficientnet_lite:EfficientNetLiteExtractor",
     },
 )
 _CLASSES = {
