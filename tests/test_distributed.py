@@ -21,8 +21,6 @@ from helpers.embed import embed_catalogue
 from helpers.shards import ShardedMatrix, ShardedVectorStore, open_vectors
 from helpers.vectors import VectorStore
 
-pytest.importorskip("dask.distributed")
-
 SMALL = 40_000  # bytes per partition: the 631 KB real sample becomes ~16 Dask tasks
 
 
