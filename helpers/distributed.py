@@ -322,12 +322,15 @@ def embed_catalogue(
 
 
 def _embed_plan(out_dir: Path, settings: dict, report: Report) -> None:
-    """Keep the shards of a run with the same catalogue and settings, drop any others."""
+    """Keep the shards of a run with the same catalogue and settings; move others aside
+    (hours of embedding are never deleted here, as in ``helpers.embed``)."""
     path = out_dir / PLAN
-    if path.exists() and json.loads(path.read_text()) != settings:
-        report(f"{out_dir}: shards of another catalogue or settings: rebuilding")
-        shutil.rmtree(out_dir / SHARDS, ignore_errors=True)
-        (out_dir / MANIFEST).unlink(missing_ok=True)
+    if path.exists() and json.loads(path.read_text()) != settings \
+            and (out_dir / SHARDS).exists():
+        aside = out_dir / f"{SHARDS}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+        (out_dir / SHARDS).rename(aside)
+        report(f"{out_dir}: shards of another catalogue or settings kept as {aside.name}; "
+               "embedding again")
     (out_dir / MANIFEST).unlink(missing_ok=True)  # rewritten when every shard is done
     out_dir.mkdir(parents=True, exist_ok=True)
     cat._write_json(path, settings)

@@ -232,3 +232,11 @@ def test_compressed_index_built_in_chunks_from_shards():
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact, strict=True)])
     assert recall >= 0.9
     assert bi.nbytes(index) > 6000 * (8 + 8 + 32)  # PQ codes + ids + SQ8 codes are stored
+
+
+def test_other_settings_move_old_shards_aside(sample_catalogue, sample_bson, tmp_path):
+    first = _embed(sample_catalogue, sample_bson, tmp_path)
+    again = _embed(sample_catalogue, sample_bson, tmp_path, image_size=48)
+    assert again.made_by["image_size"] == 48 and len(again) == len(first)
+    aside = list(tmp_path.glob("shards.stale-*"))
+    assert len(aside) == 1 and any(aside[0].iterdir())  # kept, never deleted
