@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import re
 import struct
-import warnings
 
 import numpy as np
 from PIL import Image
@@ -106,17 +105,17 @@ def decode_image(data: bytes, size: int | None = None,
     if why is not None:
         raise ImageTooLargeError(why)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            # Other formats (a PNG query photo), or a JPEG header that fooled jpeg_size.
-            if img.width > max_side or img.height > max_side:
-                raise ImageTooLargeError(f"image too large ({img.width}x{img.height}, "
-                                         f"limit {max_side} a side)")
-            if size is not None and (img.width > 2 * size or img.height > 2 * size):
-                # JPEG draft mode decodes at 1/2, 1/4.. scale: far cheaper for big images.
-                img.draft("RGB", (size, size))
-            img.load()
+        # No warnings.catch_warnings() here: it swaps process-wide state and this runs on
+        # several decode threads at once. The size checks make Pillow's bomb warning moot.
+        img = Image.open(io.BytesIO(data))
+        # Other formats (a PNG query photo), or a JPEG header that fooled jpeg_size.
+        if img.width > max_side or img.height > max_side:
+            raise ImageTooLargeError(f"image too large ({img.width}x{img.height}, "
+                                     f"limit {max_side} a side)")
+        if size is not None and (img.width > 2 * size or img.height > 2 * size):
+            # JPEG draft mode decodes at 1/2, 1/4.. scale: far cheaper for big images.
+            img.draft("RGB", (size, size))
+        img.load()
     except ImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
