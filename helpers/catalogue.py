@@ -14,10 +14,13 @@ a killed run called again resumes there and ends with the same catalogue.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import functools
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -374,7 +377,8 @@ def build_catalogue(
     if len(jobs) == 1:
         states = [_scan_range(*jobs[0])]  # in-process: simplest to debug and to test
     else:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             states = list(pool.map(_scan_range, *zip(*jobs, strict=True)))
     plan["seconds"] += time.perf_counter() - t0
     _write_json(work / "plan.json", plan)
@@ -382,6 +386,16 @@ def build_catalogue(
         return CatalogueSummary(source=str(bson_path),
                                 documents=sum(st["documents"] for st in states))
     return _finalize(out_dir, plan, states, cats)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: a worker dies with its build process (Linux's parent-death
+    signal). Without it, a build SIGKILLed alone leaves its workers blocked for ever,
+    and a resumed run could find one still writing the same range's files."""
+    with contextlib.suppress(OSError, AttributeError):  # no prctl: not Linux
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the build died before the guard was set
+        os._exit(1)
 
 
 def _plan(work: Path, bson_path: Path, source: dict, params: dict, workers: int,

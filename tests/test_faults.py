@@ -63,8 +63,11 @@ CHILD = textwrap.dedent('''
     {tiny}
     job, args = sys.argv[1], json.loads(sys.argv[2])
     if args["delay"] is not None:
-        # SIGKILL to the whole process group: the build and its worker processes.
-        t = threading.Timer(args["delay"], os.killpg, (0, signal.SIGKILL))
+        # SIGKILL to the whole process group (the build and its worker processes), or to
+        # the build alone.
+        kill = ((os.kill, (os.getpid(), signal.SIGKILL)) if args.get("kill") == "parent"
+                else (os.killpg, (0, signal.SIGKILL)))
+        t = threading.Timer(args["delay"], *kill)
         t.daemon = True
         t.start()
     t0 = time.perf_counter()
@@ -81,15 +84,16 @@ CHILD = textwrap.dedent('''
 ''').replace("{tiny}", inspect.getsource(Tiny))
 
 
-def _child(job: str, delay: float | None, **args) -> tuple[bool, float]:
+def _child(job: str, delay: float | None, timeout: float = 300, **args) -> tuple[bool, float]:
     """Run ``job`` in a child process group, SIGKILLed after ``delay`` seconds of work.
-    Returns (finished, seconds of work)."""
+    Returns (finished, seconds of work) once every process of the group has closed its
+    output (a worker left alive keeps it open: ``timeout`` catches that)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, job, json.dumps({**args, "delay": delay}, default=str)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
@@ -172,6 +176,20 @@ def test_catalogue_killed_at_random_resumes_to_the_same(damaged, tmp_path, worke
                               same=lambda out: _assert_same_catalogue(tmp_path / "ref", out),
                               **args)
     assert killed >= 1
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_build_killed_alone(damaged, tmp_path):
+    """SIGKILL to the build process only (not its group): its workers must not live on,
+    blocked for ever or writing files that the resumed run writes too."""
+    args = {"bson": damaged, "workers": 2, "every": 40}
+    finished, seconds = _child("catalogue", None, out=tmp_path / "ref", **args)
+    rng = random.Random(11)
+    for _ in range(3):
+        _child("catalogue", rng.uniform(0.2, 0.8) * seconds, timeout=60, kill="parent",
+               out=tmp_path / "out", **args)  # returns once the workers are gone too
+    assert _child("catalogue", None, out=tmp_path / "out", **args)[0]
+    _assert_same_catalogue(tmp_path / "ref", tmp_path / "out")
 
 
 @pytest.fixture(scope="module")
