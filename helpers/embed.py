@@ -12,6 +12,8 @@ A picture that fails to decode is skipped, counted, and written to the store's
 
 from __future__ import annotations
 
+import errno
+import functools
 import io
 import logging
 import os
@@ -172,6 +174,33 @@ def _product_means(vecs: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.n
     return (sums / counts[:, None]).astype(np.float32), uniq
 
 
+# A full disk (or quota, or file size limit) while writing the store.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _disk_full_is_one_error(embed):
+    """A disk filling up mid-embedding becomes one ``VectorStoreError`` that names the
+    store and says the run resumes: ``meta.json`` is written last and atomically, so
+    the store stays usable up to its last whole batch."""
+
+    @functools.wraps(embed)
+    def wrapper(*args, **kwargs):
+        try:
+            return embed(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL and not any(
+                    os.strerror(e) in str(exc) for e in _DISK_FULL):
+                raise
+            out_dir = kwargs.get("out_dir", args[3] if len(args) > 3 else "out_dir")
+            raise VectorStoreError(
+                f"cannot write the vector store in {out_dir}: {exc.strerror or exc}. Free "
+                "some space and call embed_catalogue again: it resumes from its last batch"
+            ) from exc
+
+    return wrapper
+
+
+@_disk_full_is_one_error
 def embed_catalogue(
     catalogue: Catalogue | pd.DataFrame,
     images: ImageSource | str | os.PathLike,
