@@ -240,3 +240,19 @@ def test_other_settings_move_old_shards_aside(sample_catalogue, sample_bson, tmp
     assert again.made_by["image_size"] == 48 and len(again) == len(first)
     aside = list(tmp_path.glob("shards.stale-*"))
     assert len(aside) == 1 and any(aside[0].iterdir())  # kept, never deleted
+
+
+def test_run_all_drives_dask(cdiscount_bson, tmp_path):
+    """run_all.py --bson ... -p scheduler local -p workers 2: notebook 01 on a LocalCluster."""
+    import json
+
+    import run_all
+
+    code = run_all.main(["--bson", str(cdiscount_bson), "--only", "01", "--name", "dask",
+                         "--out", str(tmp_path), "-p", "scheduler", "local",
+                         "-p", "workers", "2"])
+    assert code == 0
+    out = (tmp_path / "dask" / "01_preprocess.ipynb").read_text()
+    assert "Dask dashboard: http" in out and "documents read: 82" in out
+    summary = json.loads((tmp_path / "dask" / "summary.json").read_text())
+    assert summary["parameters"]["scheduler"] == "local"
