@@ -94,6 +94,18 @@ def test_openvino_float_and_uint8_inputs_agree(ov: hm.FeatureExtractor,
     np.testing.assert_allclose(ov(u8[:3]), from_u8[:3], rtol=0, atol=1e-6)  # batch-independent
 
 
+def test_openvino_static_and_dynamic_batches_agree(model_cache: Path, sample_bson: Path) -> None:
+    """A call of 7 with static_batch 3: two static batches of 3, one dynamic of 1."""
+    ext = hm.load_extractor("openvino", cache_dir=model_cache, intra_op_threads=2,
+                            static_batch=3, batch_size=7)
+    u8 = _pictures(sample_bson, 7, 96)
+    vecs = ext(u8)
+    assert {k[1] for k in ext._compiled} == {3, -1}
+    one_by_one = np.concatenate([ext(u8[i : i + 1]) for i in range(7)])
+    cos, _ = _agreement(vecs, one_by_one)
+    assert cos.min() > 0.9999
+
+
 def test_openvino_imagenet_top5(model_cache: Path) -> None:
     """Top-5 on torchvision's reference photos: the ImageNet head through bf16."""
     with np.load(REFERENCE) as ref:

@@ -12,7 +12,10 @@ directly. Two things make it faster than onnxruntime fp32 on this CPU:
 
 The LATENCY hint with ``intra_op_threads`` threads (default: the CPU count) runs one
 batch at a time on all cores, as the embedding pipeline calls it. Models are compiled
-for the batch's height and width (a dynamic batch axis), once per size.
+once per picture size: one with a static batch of ``static_batch`` pictures (default 64,
+the pipeline's batch; a static shape measured ~15-20% faster than a dynamic one), which
+takes every full ``static_batch`` of a call, and one with a dynamic batch for the rest
+(the pipeline's batches hold whole products, 64 to 67 pictures).
 
 bf16 features differ from fp32 by 1-2.5% of their norm at most (cosine >= 0.993, mean
 0.998, on real pictures); ``tests/test_models_openvino.py`` states the bound, and the
@@ -60,6 +63,7 @@ class OpenVinoFeatureExtractor(FeatureExtractor):
         precision: str = "bf16",
         calibration: str | Path | None = None,
         calibration_pictures: int = 300,
+        static_batch: int = 64,
     ) -> None:
         if model_handle is not None:
             raise ValueError("model_handle is only supported by backend='tf'")
@@ -82,6 +86,7 @@ class OpenVinoFeatureExtractor(FeatureExtractor):
         self.name = mobilenet_v2.MODEL_NAME
         self.dim = mobilenet_v2.FEATURE_DIM
         self.batch_size = batch_size
+        self.static_batch = static_batch
         self._core = ov.Core()
         self._source = self._core.read_model(str(self.path))
         self._compiled: dict[tuple[str, int, int], Any] = {}
@@ -92,21 +97,21 @@ class OpenVinoFeatureExtractor(FeatureExtractor):
             log.warning("this CPU has no bf16 support (%s): running fp32", supported)
             self.precision = "fp32"
 
-    def _model(self, dtype: np.dtype, height: int, width: int) -> Any:
-        """The compiled model for this input dtype and picture size (dynamic batch)."""
-        key = (np.dtype(dtype).name, height, width)
+    def _model(self, dtype: np.dtype, batch: int, height: int, width: int) -> Any:
+        """The compiled model for this input dtype, batch (-1: dynamic) and picture size."""
+        key = (np.dtype(dtype).name, batch, height, width)
         with self._lock:
             compiled = self._compiled.get(key)
             if compiled is None:
-                compiled = self._compiled[key] = self._compile(key[0], height, width)
+                compiled = self._compiled[key] = self._compile(*key)
             return compiled
 
-    def _compile(self, dtype: str, height: int, width: int) -> Any:
+    def _compile(self, dtype: str, batch: int, height: int, width: int) -> Any:
         ov = self._ov
         from openvino.preprocess import PrePostProcessor
 
         model = self._source.clone()
-        model.reshape({"images": ov.PartialShape([-1, height, width, 3])})
+        model.reshape({"images": ov.PartialShape([batch, height, width, 3])})
         if dtype == "uint8":
             ppp = PrePostProcessor(model)
             ppp.input("images").tensor().set_element_type(ov.Type.u8)
@@ -117,13 +122,24 @@ class OpenVinoFeatureExtractor(FeatureExtractor):
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": str(self.threads),
         }
-        log.info("compiling MobileNetV2 for OpenVINO: %s %dx%d, %s", dtype, height, width,
-                 config)
+        log.info("compiling MobileNetV2 for OpenVINO: %s, batch %s, %dx%d, %s", dtype,
+                 batch if batch > 0 else "dynamic", height, width, config)
         compiled = self._core.compile_model(model, "CPU", config)
         return compiled, compiled.create_infer_request()
 
     def _run(self, batch: np.ndarray, output: str) -> np.ndarray:
-        compiled, request = self._model(batch.dtype, batch.shape[1], batch.shape[2])
+        """Full static batches through the static model, the rest through the dynamic one."""
+        size = self.static_batch
+        if size <= 0 or len(batch) < size:
+            return self._infer(batch, output, -1)
+        full = len(batch) - len(batch) % size
+        parts = [self._infer(batch[i : i + size], output, size) for i in range(0, full, size)]
+        if full < len(batch):
+            parts.append(self._infer(batch[full:], output, -1))
+        return np.concatenate(parts)
+
+    def _infer(self, batch: np.ndarray, output: str, static: int) -> np.ndarray:
+        compiled, request = self._model(batch.dtype, static, batch.shape[1], batch.shape[2])
         with self._lock:  # one infer request per compiled model: one call at a time
             result = request.infer({"images": batch}, share_inputs=True)
             return np.array(result[compiled.output(output)], dtype=np.float32)
