@@ -97,7 +97,11 @@ def dask_client(
         return
     n = workers or os.cpu_count() or 1
     # Port 0 everywhere: several runs (tests, colleagues) on one machine never collide.
-    with LocalCluster(n_workers=n, threads_per_worker=1, memory_limit=memory_limit,
+    # In-process workers (processes=False) share the caller's memory: a per-worker limit
+    # would be checked against the whole process (a notebook or test runner holding models)
+    # and pause the workers for ever. Limits apply to worker processes only.
+    limit = memory_limit if processes else 0
+    with LocalCluster(n_workers=n, threads_per_worker=1, memory_limit=limit,
                       processes=processes, scheduler_port=0, dashboard_address=":0") as cl, \
             Client(cl) as client:
         _describe(client, report)

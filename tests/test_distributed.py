@@ -256,3 +256,18 @@ def test_run_all_drives_dask(cdiscount_bson, tmp_path):
     assert "Dask dashboard: http" in out and "documents read: 82" in out
     summary = json.loads((tmp_path / "dask" / "summary.json").read_text())
     assert summary["parameters"]["scheduler"] == "local"
+
+
+def test_in_process_workers_are_not_paused_by_the_callers_memory(sample_bson, sample_categories,
+                                                                 tmp_path):
+    """processes=False shares the caller's memory (a notebook or this test runner holding
+    models): a per-worker limit would pause the workers, and the build would wait for ever."""
+    import time
+
+    hog = np.ones((3 << 30) // 8)  # 3 GiB resident in this process, above the 2 GiB limit
+    with dist.dask_client(None, 2, dist.DEFAULT_MEMORY, False, lambda *_: None) as client:
+        time.sleep(1.0)  # several ticks of the workers' memory monitor (100 ms)
+        status = {w["status"] for w in client.scheduler_info()["workers"].values()}
+        assert status == {"running"}, status
+    s = _local(sample_bson, tmp_path / "dask", sample_categories, partition_bytes=1_000_000)
+    assert s.products_kept >= 1000 and hog[-1] == 1
