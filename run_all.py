@@ -57,6 +57,15 @@ class IpcKernelManager(AsyncKernelManager):
             folder = self.socket_dir or tempfile.gettempdir()
             self.ip = os.path.join(folder, f"k-{uuid.uuid4().hex[:8]}")
 
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
+        # The kernel draws figures inline. Some libraries set MPLBACKEND=Agg in the calling
+        # process (Streamlit does, on import); inherited, it would make every plt.show() in
+        # the notebooks draw nothing.
+        env = dict(kw.get("env") or os.environ)
+        env.pop("MPLBACKEND", None)
+        kw["env"] = env
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+
 
 def find_notebooks(only: str | None) -> list[Path]:
     """The notebooks present, in order; ``only`` is a comma list of prefixes ("01,03")."""

@@ -108,3 +108,18 @@ def test_notebooks_01_to_04_on_builtin_sample(level, tmp_path):
 def test_missing_data_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="BSON file not found: .*nope.bson"):
         run_all.main(["--bson", str(tmp_path / "nope.bson"), "--out", str(tmp_path)])
+
+
+def test_kernels_draw_inline_even_if_the_caller_set_agg(tmp_path, monkeypatch):
+    """A library in the calling process (Streamlit, on import) may set MPLBACKEND=Agg:
+    the notebooks' figures must still come out."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "01_plot.ipynb",
+              "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()",
+              params="work_dir = None")
+    monkeypatch.setattr(run_all, "NOTEBOOKS", books)
+    assert run_all.main(["--out", str(tmp_path / "runs"), "--name", "t"]) == 0
+    _, pngs = _outputs(tmp_path / "runs" / "t" / "01_plot.ipynb")
+    assert pngs == 1
