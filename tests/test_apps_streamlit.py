@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,24 @@ from helpers.related import find_products  # noqa: E402
 from helpers.serving import load_artifacts  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "streamlit_app.py")
+
+
+@contextlib.contextmanager
+def main_module_kept():
+    """AppTest makes the app script ``sys.modules["__main__"]`` and leaves it there; later
+    tests that spawn processes (Dask workers, multiprocessing) would then run the app in
+    every child. Put the real one back."""
+    main = sys.modules["__main__"]
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    with main_module_kept():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +174,16 @@ def test_missing_artifacts_page(tmp_path, monkeypatch):
     t = AppTest.from_file(APP, default_timeout=60).run()
     assert not t.exception
     assert "make demo" in t.error[0].value
+
+
+
+def test_spawned_processes_do_not_run_the_app(app_artifacts, monkeypatch):
+    """AppTest swaps the test runner's __main__ for the app; main_module_kept undoes it, so
+    a process spawned afterwards (a Dask worker) imports the runner, not the app."""
+    monkeypatch.setenv("VPS_ARTIFACTS", str(app_artifacts))
+    before = sys.modules["__main__"]
+    with main_module_kept():
+        AppTest.from_file(APP, default_timeout=120).run()
+        swapped = sys.modules["__main__"]
+    assert getattr(swapped, "__file__", "") == APP  # what would leak without the guard
+    assert sys.modules["__main__"] is before
