@@ -35,9 +35,9 @@ from .vectors import (
     IDS,
     META,
     VECTORS,
+    StoreReads,
     VectorStore,
     VectorStoreError,
-    encode_item_ids,
     store_manifest,
 )
 
@@ -133,7 +133,7 @@ class ShardedMatrix:
         return f"ShardedMatrix({self.shape[0]} x {self.shape[1]}, {len(self.blocks)} shards)"
 
 
-class ShardedVectorStore:
+class ShardedVectorStore(StoreReads):
     """A finished sharded store; same read API as ``helpers.vectors.VectorStore``."""
 
     def __init__(self, folder: str | os.PathLike,
@@ -168,47 +168,11 @@ class ShardedVectorStore:
         self.vectors = ShardedMatrix(blocks, dim)
         allids = np.concatenate(ids) if ids else np.zeros((0, 2), np.int64)
         self.product_ids, self.image_index = allids[:, 0], allids[:, 1]
-        self.item_ids = encode_item_ids(self.product_ids, self.image_index)
-        self._order = np.argsort(self.item_ids, kind="stable")
-        self._sorted = self.item_ids[self._order]
-
-    def __len__(self) -> int:
-        return self.meta["count"]
-
-    @property
-    def dim(self) -> int:
-        return self.meta["dim"]
-
-    @property
-    def made_by(self) -> dict[str, Any]:
-        return self.meta["made_by"]
-
-    @property
-    def level(self) -> str:
-        return self.made_by.get("level", "product")
-
-    @property
-    def id(self) -> str:
-        """The store's content id (settings + catalogue): a single store's would be equal."""
-        return self.manifest["id"]
+        self._index_ids()
 
     @property
     def shards(self) -> list[dict[str, Any]]:
         return self.meta["shards"]
-
-    def rows(self, item_ids: Any) -> np.ndarray:
-        """Rows of item ids; KeyError names the ones not in the store."""
-        want = np.atleast_1d(np.asarray(item_ids, np.int64))
-        pos = np.searchsorted(self._sorted, want).clip(0, max(len(self) - 1, 0))
-        found = self._sorted[pos] == want if len(self) else np.zeros(len(want), bool)
-        if not found.all():
-            raise KeyError(f"id(s) {want[~found][:5].tolist()} not in the vector store "
-                           f"{self.folder} ({self.level} level)")
-        return self._order[pos]
-
-    def vector(self, item_id: int) -> np.ndarray:
-        """The stored vector of one item (a product id for product-level stores)."""
-        return np.asarray(self.vectors[int(self.rows([item_id])[0])])
 
     def chunks(self, rows: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
         """(start row, block): memmap views, never across shards, never copied."""

@@ -136,44 +136,18 @@ class VectorWriter:
         return VectorStore(self.folder)
 
 
-class VectorStore:
-    """A finished store, memory-mapped: ``store.vectors`` is an ``np.memmap``.
+class StoreReads:
+    """The read API shared by a single store and a sharded one (``helpers.shards``):
+    set ``meta``, ``manifest``, ``folder``, ``product_ids`` and ``image_index``, then call
+    ``_index_ids()``."""
 
-    expect: settings the store must have been made with, e.g. ``{"image_size": 224,
-        "level": "image", "backend": "onnx"}``, or ``{"catalogue_sha256": ...}``; any
-        difference is refused (VectorStoreError) with the differences named.
-    The manifest is checked against ``meta.json`` on open: a store whose files were
-    swapped or edited by hand is refused.
-    """
+    meta: dict[str, Any]
+    manifest: dict[str, Any]
+    folder: Path
+    product_ids: np.ndarray
+    image_index: np.ndarray
 
-    def __init__(self, folder: str | os.PathLike,
-                 expect: Mapping[str, Any] | None = None) -> None:
-        self.folder = Path(folder)
-        meta = read_meta(self.folder)
-        if meta is None:
-            raise VectorStoreError(f"no vector store in {self.folder}")
-        self.meta = meta
-        if not self.meta.get("complete"):
-            raise VectorStoreError(f"{self.folder} is unfinished ({self.meta['count']} vectors);"
-                                   " run the embedding again to resume it")
-        manifest = artifacts.read_manifest(self.folder, missing_ok=True)
-        want = store_manifest(self.made_by)
-        if manifest is None or manifest.get("id") != want["id"]:
-            raise VectorStoreError(
-                f"{self.folder}: manifest.json is missing or does not match meta.json "
-                "(a store from an older version, or edited files): embed again")
-        self.manifest = manifest
-        if expect:
-            diff = artifacts.settings_diff(self.made_by, dict(expect))
-            if diff:
-                raise VectorStoreError(f"{self.folder} was made by other settings: "
-                                       + artifacts.describe_diff(diff, "is", "expected"))
-        n, dim = self.meta["count"], self.meta["dim"]
-        self.vectors = (np.memmap(self.folder / VECTORS, np.float32, "r", shape=(n, dim))
-                        if n else np.zeros((0, dim), np.float32))
-        pairs = (np.fromfile(self.folder / IDS, np.int64).reshape(n, 2) if n
-                 else np.zeros((0, 2), np.int64))
-        self.product_ids, self.image_index = pairs[:, 0], pairs[:, 1]
+    def _index_ids(self) -> None:
         self.item_ids = encode_item_ids(self.product_ids, self.image_index)
         # Sorted ids + searchsorted: 16 bytes an item, not a dict of Python ints.
         self._sorter = np.argsort(self.item_ids, kind="stable")
@@ -212,6 +186,47 @@ class VectorStore:
     def vector(self, item_id: int) -> np.ndarray:
         """The stored vector of one item (a product id for product-level stores)."""
         return np.asarray(self.vectors[int(self.rows([item_id])[0])])
+
+
+class VectorStore(StoreReads):
+    """A finished store, memory-mapped: ``store.vectors`` is an ``np.memmap``.
+
+    expect: settings the store must have been made with, e.g. ``{"image_size": 224,
+        "level": "image", "backend": "onnx"}``, or ``{"catalogue_sha256": ...}``; any
+        difference is refused (VectorStoreError) with the differences named.
+    The manifest is checked against ``meta.json`` on open: a store whose files were
+    swapped or edited by hand is refused.
+    """
+
+    def __init__(self, folder: str | os.PathLike,
+                 expect: Mapping[str, Any] | None = None) -> None:
+        self.folder = Path(folder)
+        meta = read_meta(self.folder)
+        if meta is None:
+            raise VectorStoreError(f"no vector store in {self.folder}")
+        self.meta = meta
+        if not self.meta.get("complete"):
+            raise VectorStoreError(f"{self.folder} is unfinished ({self.meta['count']} vectors);"
+                                   " run the embedding again to resume it")
+        manifest = artifacts.read_manifest(self.folder, missing_ok=True)
+        want = store_manifest(self.made_by)
+        if manifest is None or manifest.get("id") != want["id"]:
+            raise VectorStoreError(
+                f"{self.folder}: manifest.json is missing or does not match meta.json "
+                "(a store from an older version, or edited files): embed again")
+        self.manifest = manifest
+        if expect:
+            diff = artifacts.settings_diff(self.made_by, dict(expect))
+            if diff:
+                raise VectorStoreError(f"{self.folder} was made by other settings: "
+                                       + artifacts.describe_diff(diff, "is", "expected"))
+        n, dim = self.meta["count"], self.meta["dim"]
+        self.vectors = (np.memmap(self.folder / VECTORS, np.float32, "r", shape=(n, dim))
+                        if n else np.zeros((0, dim), np.float32))
+        pairs = (np.fromfile(self.folder / IDS, np.int64).reshape(n, 2) if n
+                 else np.zeros((0, 2), np.int64))
+        self.product_ids, self.image_index = pairs[:, 0], pairs[:, 1]
+        self._index_ids()
 
     def chunks(self, rows: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
         """(start row, float32 block) over the store: bounded memory on any size."""
