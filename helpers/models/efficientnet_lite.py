@@ -38,7 +38,7 @@ import numpy as np
 
 from . import cache, weights
 from .base import FeatureExtractor, InputSpec
-from .mobilenet_v2 import Block, ConvBN
+from .mobilenet_v2 import Block, ConvBN, fold_batchnorm
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -157,20 +157,6 @@ def efficientnet_lite2_spec(state: dict[str, np.ndarray]) -> list[Block]:
     return blocks
 
 
-def fold_batchnorm(state: dict[str, np.ndarray], layer: ConvBN) -> tuple[np.ndarray, np.ndarray]:
-    """Conv weight (OIHW) and bias with the inference BatchNorm (eps 1e-3) folded in."""
-    w = state[f"{layer.conv}.weight"].astype(np.float64)
-    gamma = state[f"{layer.bn}.weight"].astype(np.float64)
-    beta = state[f"{layer.bn}.bias"].astype(np.float64)
-    mean = state[f"{layer.bn}.running_mean"].astype(np.float64)
-    var = state[f"{layer.bn}.running_var"].astype(np.float64)
-    scale = gamma / np.sqrt(var + BN_EPSILON)
-    return (
-        (w * scale[:, None, None, None]).astype(np.float32),
-        (beta - mean * scale).astype(np.float32),
-    )
-
-
 def weights_meta() -> dict[str, Any]:
     """Identity of the weights (the vector store's ``made_by``): another backbone differs."""
     path = checkpoint_path()
@@ -208,7 +194,7 @@ def build_onnx_model(state: dict[str, np.ndarray] | None = None) -> onnx.ModelPr
     for block in efficientnet_lite2_spec(state):
         block_input = x
         for spec in block.layers:
-            w, b = fold_batchnorm(state, spec)
+            w, b = fold_batchnorm(state, spec, eps=BN_EPSILON)
             out = spec.key
             nodes.append(helper.make_node(
                 "Conv", [x, const(f"{spec.key}.w", w), const(f"{spec.key}.b", b)], [out],

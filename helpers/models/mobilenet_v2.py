@@ -132,14 +132,18 @@ def mobilenet_v2_spec(state: dict[str, np.ndarray]) -> list[Block]:
     return blocks
 
 
-def fold_batchnorm(state: dict[str, np.ndarray], layer: ConvBN) -> tuple[np.ndarray, np.ndarray]:
-    """Conv weight (torch OIHW) and bias with the inference BatchNorm folded in."""
+def fold_batchnorm(state: dict[str, np.ndarray], layer: ConvBN,
+                   eps: float = BN_EPSILON) -> tuple[np.ndarray, np.ndarray]:
+    """Conv weight (torch OIHW) and bias with the inference BatchNorm folded in.
+
+    eps: the BatchNorm epsilon the checkpoint was trained with (torch 1e-5, TF 1e-3).
+    """
     w = state[f"{layer.conv}.weight"].astype(np.float64)
     gamma = state[f"{layer.bn}.weight"].astype(np.float64)
     beta = state[f"{layer.bn}.bias"].astype(np.float64)
     mean = state[f"{layer.bn}.running_mean"].astype(np.float64)
     var = state[f"{layer.bn}.running_var"].astype(np.float64)
-    scale = gamma / np.sqrt(var + BN_EPSILON)
+    scale = gamma / np.sqrt(var + eps)
     # Fold in float64 so the folded float32 weights are as close as rounding allows.
     return (
         (w * scale[:, None, None, None]).astype(np.float32),
