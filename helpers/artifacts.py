@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -33,6 +34,15 @@ from typing import Any
 MANIFEST = "manifest.json"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """A write that failed for lack of space (or a file-size limit). pyarrow's OSErrors
+    carry the reason in their message, not in errno, so both are checked."""
+    return exc.errno in DISK_FULL or any(os.strerror(e) in str(exc) for e in DISK_FULL)
 
 
 class ArtifactError(ValueError):

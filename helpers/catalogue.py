@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import functools
 import os
 import shutil
@@ -285,7 +284,6 @@ def _flush(work: Path, index: int, part: _Part) -> None:
 
 
 # A full disk (or quota, or file size limit) while writing.
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _disk_full_is_one_error(build):
@@ -298,9 +296,7 @@ def _disk_full_is_one_error(build):
         try:
             return build(*args, **kwargs)
         except OSError as exc:
-            # pyarrow's OSErrors carry the reason in their message, not in errno
-            if exc.errno not in _DISK_FULL and not any(
-                    os.strerror(e) in str(exc) for e in _DISK_FULL):
+            if not artifacts.is_disk_full(exc):
                 raise
             out_dir = kwargs.get("out_dir", args[1] if len(args) > 1 else "out_dir")
             raise CatalogueError(

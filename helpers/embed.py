@@ -12,7 +12,6 @@ A picture that fails to decode is skipped, counted, and written to the store's
 
 from __future__ import annotations
 
-import errno
 import functools
 import io
 import logging
@@ -175,7 +174,6 @@ def _product_means(vecs: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 # A full disk (or quota, or file size limit) while writing the store.
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _disk_full_is_one_error(embed):
@@ -188,8 +186,7 @@ def _disk_full_is_one_error(embed):
         try:
             return embed(*args, **kwargs)
         except OSError as exc:
-            if exc.errno not in _DISK_FULL and not any(
-                    os.strerror(e) in str(exc) for e in _DISK_FULL):
+            if not artifacts.is_disk_full(exc):
                 raise
             out_dir = kwargs.get("out_dir", args[3] if len(args) > 3 else "out_dir")
             raise VectorStoreError(
