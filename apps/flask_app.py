@@ -12,7 +12,7 @@ described by ``/openapi.json``:
     GET  /images/<product_id>/<i>.jpg               a product's picture, from the BSON store
     GET  /api/methods                               search methods, and why some are not here
 
-Start-up opens the prebuilt artifacts (`helpers.serving`); nothing is embedded. Bad input is
+Start-up opens the prebuilt artifacts (`helpers.serve.loader`); nothing is embedded. Bad input is
 a 400 with a message, an unknown product a 404. Uploads are capped in size and checked on
 their header (decompression bombs are refused before decoding).
 """
@@ -27,9 +27,10 @@ from typing import Any
 from flask import Flask, Response, jsonify, render_template_string, request, session, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from helpers.images import check_jpeg_bytes
-from helpers.products import UnknownProductError
-from helpers.related import (
+from helpers.catalogue.protocol import UnknownProductError
+from helpers.ingest.jpeg import check_jpeg_bytes
+from helpers.serve.loader import load_artifacts
+from helpers.serve.related import (
     MAX_K,
     MAX_UPLOAD_BYTES,
     NoVectorError,
@@ -40,7 +41,6 @@ from helpers.related import (
     parse_k,
     parse_product_id,
 )
-from helpers.serving import load_artifacts
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 The artifacts are opened once per server process (`st.cache_resource`), never rebuilt:
 no model runs at start-up (the original app re-embedded the catalogue there). A photo
 upload is embedded on demand by the ONNX MobileNetV2. The logic lives in
-`helpers.related`; this file only lays it out.
+`helpers.serve.related`; this file only lays it out.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` from anywhere
 
-from helpers.products import UnknownProductError  # noqa: E402
-from helpers.related import (  # noqa: E402
+from helpers.catalogue.protocol import UnknownProductError  # noqa: E402
+from helpers.serve.loader import ArtifactMissing, load_artifacts  # noqa: E402
+from helpers.serve.related import (
     RecentlyViewed,
     Related,
     RelatedError,
@@ -29,7 +30,6 @@ from helpers.related import (  # noqa: E402
     describe,
     find_products,
 )
-from helpers.serving import ArtifactMissing, load_artifacts  # noqa: E402
 
 RECENT_N = 5
 COLUMNS = 5

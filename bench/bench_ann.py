@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _report import row  # noqa: E402
 
+from helpers.evaluate.metrics import measure_qps, recall_at_k  # noqa: E402
 from helpers.index import build_index  # noqa: E402
-from helpers.index.base import as_unit_vectors  # noqa: E402
-from helpers.metrics import measure_qps, recall_at_k  # noqa: E402
+from helpers.index.protocol import as_unit_vectors  # noqa: E402
 
 Search = Callable[[np.ndarray], np.ndarray]
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from helpers.paths import RUNS_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES  # noqa: E402
+from helpers.core.paths import RUNS_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES  # noqa: E402
 
 BENCH_ARTIFACTS = REPO / "bench" / "data" / "apps_artifacts"
 
@@ -45,13 +45,13 @@ def artifacts_dir(given: str | None) -> Path:
     demo = RUNS_DIR / "sample" / "artifacts"
     if (demo / "catalogue" / "catalogue.json").is_file():
         try:
-            from helpers.serving import load_artifacts
+            from helpers.serve.loader import load_artifacts
 
             load_artifacts(demo).close()
             return demo
         except Exception as exc:  # noqa: BLE001 - fall back to a set of our own
             print(f"demo artifacts not servable ({exc}); building a set for the bench")
-    from helpers.serving import build_serving_artifacts
+    from helpers.serve.loader import build_serving_artifacts
 
     return build_serving_artifacts(BENCH_ARTIFACTS, SAMPLE_BSON, SAMPLE_CATEGORIES)
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     art = artifacts_dir(args.artifacts)
-    from helpers.serving import load_artifacts
+    from helpers.serve.loader import load_artifacts
 
     a = load_artifacts(art)
     ids = [int(x) for x in a.catalogue.ids()]

@@ -32,7 +32,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from _report import row  # noqa: E402
 from bench_quality import catalogue_pictures, pca_whiten, scores, unit  # noqa: E402
 
-from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON  # noqa: E402
+from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON  # noqa: E402
 
 BACKBONES = {"mobilenet_v2": "onnx", "effnet_lite2": "efficientnet_lite2"}
 

@@ -39,10 +39,10 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]  # run as a script from anywhere
 
 from _report import row  # noqa: E402
 
-from helpers import embed  # noqa: E402
-from helpers.catalogue import build_catalogue, load_catalogue  # noqa: E402
-from helpers.images import decode_image  # noqa: E402
-from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES  # noqa: E402
+from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES  # noqa: E402
+from helpers.ingest.jpeg import decode_image  # noqa: E402
+from helpers.ingest.scan import build_catalogue, load_catalogue  # noqa: E402
+from helpers.vectors import embed  # noqa: E402
 
 TRAIN_PICTURES = 12_371_293
 FORWARD_TARGET, PIPELINE_TARGET, OVERLAP_TARGET, P10_SLACK = 800.0, 500.0, 0.95, 0.01

@@ -6,7 +6,7 @@
 
 Figures, side by side:
 - node start-up: seconds from launch to health yellow (the Maven test node of
-  helpers/servers.py, heap 512 MB), and the node's resident memory after the load;
+  helpers/services/servers.py, heap 512 MB), and the node's resident memory after the load;
 - bulk load: documents per second through ElasticsearchIndex.build (streaming_bulk,
   chunks of 500, refresh off during the load, count check at the end);
 - kNN: the smallest num_candidates reaching recall@10 >= --target against the exact top 10
@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import row  # noqa: E402
 from bench_ann import fashion_vectors, synthetic_vectors  # noqa: E402
 
+from helpers.evaluate.metrics import measure_qps, recall_at_k  # noqa: E402
 from helpers.index import build_index  # noqa: E402
 from helpers.index.elasticsearch_index import node_version  # noqa: E402
-from helpers.metrics import measure_qps, recall_at_k  # noqa: E402
-from helpers.servers import start_elasticsearch  # noqa: E402
+from helpers.services.servers import start_elasticsearch  # noqa: E402
 
 CANDIDATES = [10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 1000, 2000, 4000]
 EFS = [10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512]

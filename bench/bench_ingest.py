@@ -25,9 +25,9 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]  # run as a script from anywhere
 
 from _report import row  # noqa: E402
 
-from helpers.bson_store import iter_records  # noqa: E402
-from helpers.catalogue import build_catalogue  # noqa: E402
-from helpers.paths import CDISCOUNT_DIR  # noqa: E402
+from helpers.core.paths import CDISCOUNT_DIR  # noqa: E402
+from helpers.ingest.bson_store import iter_records  # noqa: E402
+from helpers.ingest.scan import build_catalogue  # noqa: E402
 
 
 def make_big(src: Path, dst: Path, size_gb: float) -> Path:

@@ -34,14 +34,14 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from _report import row  # noqa: E402
 
-from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON  # noqa: E402
+from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON  # noqa: E402
 
 
 def catalogue_pictures(bson_path: Path, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """uint8 pictures, their product ids and their products' category ids."""
     import bson
 
-    from helpers.images import decode_image
+    from helpers.ingest.jpeg import decode_image
 
     pics, pids, cats = [], [], []
     with open(bson_path, "rb") as f:
@@ -58,7 +58,7 @@ def feature_map_session(threads: int = 2):
     import onnx
     import onnxruntime as ort
 
-    from helpers.models import onnx_backend
+    from helpers.models.runtimes import onnx as onnx_backend
 
     model = onnx_backend.build_onnx_model()
     pool = next(n for n in model.graph.node if n.op_type == "GlobalAveragePool")

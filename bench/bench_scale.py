@@ -43,10 +43,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: no spinning
 from _report import row  # noqa: E402
 from simulate import DATA, category_skew, imbalance, make_bson, make_vectors  # noqa: E402
 
-from helpers import bigindex as bi  # noqa: E402
-from helpers import catalogue as cat  # noqa: E402
-from helpers import distributed as dist  # noqa: E402
-from helpers.paths import CDISCOUNT_DIR  # noqa: E402
+from helpers.core.paths import CDISCOUNT_DIR  # noqa: E402
+from helpers.index import compressed as bi  # noqa: E402
+from helpers.ingest import scan as cat  # noqa: E402
+from helpers.scale import distributed as dist  # noqa: E402
 
 TRAIN_BYTES = 58.0e9  # Kaggle train.bson
 TRAIN_PICTURES = 12_371_293
@@ -118,8 +118,8 @@ def bench_scan(args: argparse.Namespace) -> dict:
 
 
 def bench_embed(args: argparse.Namespace) -> dict:
-    from helpers.embed import embed_catalogue
     from helpers.models import load_extractor
+    from helpers.vectors.embed import embed_catalogue
 
     path = make_bson(DATA / "embed.bson", args.embed_gb, kaggle_only=True)
     rows, out = [], {}
@@ -180,10 +180,10 @@ def _cpu() -> float:
 def bench_sizes(args: argparse.Namespace) -> dict:
     """Pictures per CPU-second and precision@10 by category at each picture size: what a
     smaller input buys when one node must embed 12.4 M pictures in 8 hours."""
-    from helpers.embed import embed_catalogue
-    from helpers.metrics import precision_at_k
+    from helpers.core.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
+    from helpers.evaluate.metrics import precision_at_k
     from helpers.models import load_extractor
-    from helpers.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
+    from helpers.vectors.embed import embed_catalogue
 
     path = make_bson(DATA / "embed.bson", args.embed_gb, kaggle_only=True)
     ex = load_extractor("onnx", intra_op_threads=1)  # one core, as a Dask worker has
@@ -255,7 +255,7 @@ def bench_index(args: argparse.Namespace) -> dict:
     folder = DATA / f"vectors-{n + nq}"
     t0 = time.perf_counter()
     if (folder / "shards.json").exists():
-        from helpers.shards import ShardedVectorStore
+        from helpers.vectors.sharded import ShardedVectorStore
 
         store, cats = ShardedVectorStore(folder), np.load(folder / "categories.npy")
     else:

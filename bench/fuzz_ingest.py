@@ -57,16 +57,16 @@ def _instrumented_imports() -> None:
         import PIL.Image  # noqa: F401
         import PIL.JpegImagePlugin  # noqa: F401
 
-        import helpers.bson_store  # noqa: F401
-        import helpers.catalogue  # noqa: F401
-        import helpers.images  # noqa: F401
+        import helpers.ingest.bson_store  # noqa: F401
+        import helpers.ingest.jpeg  # noqa: F401
+        import helpers.ingest.scan  # noqa: F401
 
 
 # ---------------------------------------------------------------- the targets
 
 
 def fuzz_reader(data: bytes) -> None:
-    from helpers import bson_store
+    from helpers.ingest import bson_store
 
     fd, name = tempfile.mkstemp(suffix=".bson", dir=_scratch())
     try:
@@ -104,7 +104,7 @@ def fuzz_reader(data: bytes) -> None:
 def _decodable_inside(data: bytes, off: int, length: int) -> int | None:
     """A document the reader's resync should have stopped at, inside a bad slot: an
     ``_id`` anchor whose document is whole and decodable (None if there is none)."""
-    from helpers import bson_store
+    from helpers.ingest import bson_store
 
     hit = data.find(b"_id\x00", off + 6)
     while 0 <= hit and hit - 5 < off + length:
@@ -163,8 +163,8 @@ def fuzz_product(data: bytes) -> None:
     import pandas as pd
     import pyarrow as pa
 
-    from helpers import bson_store
-    from helpers import catalogue as cat
+    from helpers.ingest import bson_store
+    from helpers.ingest import scan as cat
 
     if data[:1] == b"\x00":
         try:
@@ -192,7 +192,7 @@ def fuzz_product(data: bytes) -> None:
 
 
 def fuzz_image(data: bytes) -> None:
-    from helpers import images
+    from helpers.ingest import jpeg as images
 
     why = images.check_jpeg_bytes(data)
     size = images.jpeg_size(data)
@@ -255,8 +255,8 @@ class _FDP:
 
 def seeds(folder: Path) -> int:
     """Write seed inputs (real documents, files, pictures) to ``folder``; returns count."""
-    from helpers import bson_store
-    from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON
+    from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON
+    from helpers.ingest import bson_store
 
     files = [SAMPLE_BSON, CDISCOUNT_DIR / "train_example.bson"]
     docs = []

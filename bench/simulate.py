@@ -13,7 +13,7 @@ with those weights:
 - ``vectors``: 1280-d vectors shaped like MobileNetV2 features (non-negative, the
   eigenvalue spectrum of real MobileNetV2 vectors of the two samples), one Gaussian
   cluster per category sized by the real skew, so IVF list imbalance follows it;
-  written as a sharded vector store (``helpers.shards``), the layout Dask embedding writes.
+  written as a sharded vector store (``helpers.vectors.sharded``), the layout Dask embedding writes.
 
 Everything goes under bench/data/ (git-ignored); delete multi-GB files after use.
 """
@@ -27,10 +27,10 @@ import bson
 import numpy as np
 import pandas as pd
 
-from helpers.bson_store import iter_records
-from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON
-from helpers.shards import SHARDS, ShardedVectorStore, write_manifest
-from helpers.vectors import VectorWriter
+from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON
+from helpers.ingest.bson_store import iter_records
+from helpers.vectors.sharded import SHARDS, ShardedVectorStore, write_manifest
+from helpers.vectors.store import VectorWriter
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -97,9 +97,9 @@ def make_bson(dst: Path, size_gb: float, seed: int = 0, kaggle_only: bool = Fals
 
 def real_spectrum(image_size: int = 180) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, principal axes and variances of real MobileNetV2 vectors of both samples."""
-    from helpers import catalogue as cat
-    from helpers.embed import embed_catalogue
+    from helpers.ingest import scan as cat
     from helpers.models import load_extractor
+    from helpers.vectors.embed import embed_catalogue
 
     cache = DATA / "spectrum.npz"
     if cache.exists():

@@ -2,7 +2,7 @@
 
 Products come from a `Catalogue` and their pictures from an `ImageSource` (the BSON
 store by offset, a JPEG folder...). Item ids are product ids at product level and packed
-image ids at image level (`helpers.ids`): the gallery decodes them to show the picture
+image ids at image level (`helpers.core.ids`): the gallery decodes them to show the picture
 that was matched.
 ``Gallery`` is the live view (a dropdown of query products and a k slider,
 ipywidgets) for JupyterLab; with ``interactive=False`` -- what ``run_all.py``
@@ -21,11 +21,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import ids as item_ids
-from .image_source import BsonImageSource, ImageSource
-from .image_source import image as source_image
-from .images import decode_image
-from .products import Catalogue, ParquetCatalogue
+from helpers.catalogue.image_source import BsonImageSource, ImageSource
+from helpers.catalogue.image_source import image as source_image
+from helpers.catalogue.protocol import Catalogue, ParquetCatalogue
+from helpers.core import ids as item_ids
+from helpers.ingest.jpeg import decode_image
 
 # A search callable: (product_id, k) -> list of hits, best first.
 SearchFn = Callable[[int, int], Sequence["Hit"]]

@@ -21,12 +21,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
-from . import catalogue as cat
-from .embed import embed_catalogue
-from .image_source import BsonImageSource, ImageSource
-from .products import Catalogue, ParquetCatalogue
-from .vectors import VectorStore
+from helpers.catalogue.image_source import BsonImageSource, ImageSource
+from helpers.catalogue.protocol import Catalogue, ParquetCatalogue
+from helpers.core import artifacts
+from helpers.ingest import scan as cat
+from helpers.vectors.embed import embed_catalogue
+from helpers.vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
 KINDS = ("catalogue", "vectors", "index")

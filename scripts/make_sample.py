@@ -10,9 +10,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from helpers.catalogue import build_catalogue
-from helpers.paths import SAMPLE_DIR
-from helpers.sample import make_sample
+from helpers.core.paths import SAMPLE_DIR
+from helpers.ingest.sample import make_sample
+from helpers.ingest.scan import build_catalogue
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

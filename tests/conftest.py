@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES
+from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES
 
 # Keep TensorFlow quiet and on the CPU in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -102,7 +102,7 @@ def app_artifacts(tmp_path_factory, sample_bson, sample_categories) -> Path:
     180 px, FAISS Flat, Annoy; VGG16 style vectors when TensorFlow is installed)."""
     import importlib.util
 
-    from helpers.serving import build_serving_artifacts
+    from helpers.serve.loader import build_serving_artifacts
 
     root = tmp_path_factory.mktemp("app_artifacts")
     style = importlib.util.find_spec("tensorflow") is not None

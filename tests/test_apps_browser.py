@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.paths import RUNS_DIR
+from helpers.core.paths import RUNS_DIR
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]

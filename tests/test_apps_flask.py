@@ -27,7 +27,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 from apps.flask_app import create_app  # noqa: E402
-from helpers.related import MAX_UPLOAD_BYTES  # noqa: E402
+from helpers.serve.related import MAX_UPLOAD_BYTES  # noqa: E402
 from tests.test_related import png_bomb  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,7 +243,7 @@ def test_page_errors(client):
 
 
 def test_missing_artifacts_fail_at_start(tmp_path):
-    from helpers.serving import ArtifactMissing
+    from helpers.serve.loader import ArtifactMissing
 
     with pytest.raises(ArtifactMissing, match="make demo"):
         create_app(tmp_path / "none")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from apps.flask_app import create_app
-from helpers.products import ParquetCatalogue
-from helpers.related import Related
-from helpers.serving import find_catalogues, load_artifacts
+from helpers.catalogue.protocol import ParquetCatalogue
+from helpers.serve.loader import find_catalogues, load_artifacts
+from helpers.serve.related import Related
 
 
 def _start(starter):
@@ -23,7 +23,7 @@ def _start(starter):
 
 @pytest.fixture(scope="module")
 def mongod():
-    from helpers.servers import start_mongod
+    from helpers.services.servers import start_mongod
 
     server = _start(start_mongod)
     yield server
@@ -32,7 +32,7 @@ def mongod():
 
 @pytest.fixture(scope="module")
 def es_node():
-    from helpers.servers import start_elasticsearch
+    from helpers.services.servers import start_elasticsearch
 
     server = _start(start_elasticsearch)
     yield server
@@ -40,7 +40,7 @@ def es_node():
 
 
 def test_products_from_mongodb(mongod, app_artifacts):
-    from helpers import mongo
+    from helpers.catalogue import mongo
 
     parquet = ParquetCatalogue.open(find_catalogues(app_artifacts)[0][0])
     mongo.load_catalogue(parquet, mongod.url)
@@ -60,7 +60,7 @@ def test_products_from_mongodb(mongod, app_artifacts):
 
 def test_elasticsearch_method_when_a_node_answers(es_node, app_artifacts, tmp_path):
     from helpers.index import build_index
-    from helpers.servers import wait_for_elasticsearch
+    from helpers.services.servers import wait_for_elasticsearch
 
     wait_for_elasticsearch(es_node)
     root = tmp_path / "art"

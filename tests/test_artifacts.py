@@ -9,10 +9,10 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import artifacts
-from helpers.artifacts import ArtifactError
+from helpers.core import artifacts
+from helpers.core.artifacts import ArtifactError
 from helpers.index import IndexMismatchError, build_index, load_index
-from helpers.vectors import VectorStore, VectorStoreError, VectorWriter
+from helpers.vectors.store import VectorStore, VectorStoreError, VectorWriter
 from helpers.workspace import Workspace
 
 # -- atomic writes --------------------------------------------------------------------------

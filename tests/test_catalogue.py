@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import bson_store
-from helpers import catalogue as cat
+from helpers.ingest import bson_store
+from helpers.ingest import scan as cat
 
 
 def _docs(path: Path) -> list[dict]:

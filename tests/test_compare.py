@@ -1,4 +1,4 @@
-"""helpers.compare on synthetic vectors: every method measured, the table, files and advice."""
+"""helpers.evaluate.compare on synthetic vectors: every method measured, table, files, advice."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import compare, compare_plots
-from helpers.ids import encode
+from helpers.core.ids import encode
+from helpers.evaluate import compare, compare_plots
 
 
 class _Workspace:

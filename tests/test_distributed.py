@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import bson_store
-from helpers import catalogue as cat
-from helpers import distributed as dist
-from helpers.embed import embed_catalogue
-from helpers.shards import ShardedMatrix, ShardedVectorStore, open_vectors
-from helpers.vectors import VectorStore
+from helpers.ingest import bson_store
+from helpers.ingest import scan as cat
+from helpers.scale import distributed as dist
+from helpers.vectors.embed import embed_catalogue
+from helpers.vectors.sharded import ShardedMatrix, ShardedVectorStore, open_vectors
+from helpers.vectors.store import VectorStore
 
 SMALL = 40_000  # bytes per partition: the 631 KB real sample becomes ~16 Dask tasks
 
@@ -212,7 +212,7 @@ def test_open_vectors_and_unknown_id(sample_catalogue, sample_bson, tmp_path):
 
 def test_compressed_index_built_in_chunks_from_shards():
     """PCA + IVF-PQ + SQ8 refine, trained on a sample, added chunk by chunk from shards."""
-    from helpers import bigindex as bi
+    from helpers.index import compressed as bi
 
     rng = np.random.default_rng(0)
     centres = rng.random((20, 64), dtype=np.float32) * 4

@@ -1,6 +1,6 @@
 """Elasticsearch engine against a real node, started here once for the module.
 
-The node is the Maven Central test distribution (helpers/servers.py): fetched and unpacked
+The node is the Maven Central test distribution (helpers/services/servers.py): fetched and unpacked
 on first use, started as a system user when the tests run as root. It starts in the
 background while the built-in sample (1,000 products, 10 categories) is embedded.
 """
@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 import run_all
-from helpers import catalogue as cat
-from helpers import ids as item_ids
-from helpers.embed import embed_catalogue
+from helpers.catalogue.protocol import ParquetCatalogue, Product
+from helpers.core import ids as item_ids
+from helpers.core.errors import ServiceUnavailable
+from helpers.core.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
+from helpers.evaluate.metrics import recall_at_k
 from helpers.index import (
     CategoryError,
     DimensionError,
@@ -27,12 +29,10 @@ from helpers.index import (
     load_index,
 )
 from helpers.index.elasticsearch_index import BulkIndexError, ElasticsearchUnavailable, connect
-from helpers.metrics import recall_at_k
+from helpers.ingest import scan as cat
 from helpers.models import load_extractor
-from helpers.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
-from helpers.products import ParquetCatalogue, Product
-from helpers.servers import free_port, start_elasticsearch, wait_for_elasticsearch
-from helpers.services import ServiceUnavailable
+from helpers.services.servers import free_port, start_elasticsearch, wait_for_elasticsearch
+from helpers.vectors.embed import embed_catalogue
 
 # The stated setting of the recall test: recall@10 >= 0.95 against the exact top 10.
 NUM_CANDIDATES = 50

@@ -20,11 +20,13 @@ import pandas as pd
 import pytest
 
 import helpers.models as hm
-from helpers import bson_store, embed, vectors
-from helpers import catalogue as cat
-from helpers.embed import embed_catalogue, embed_files
-from helpers.images import to_float
-from helpers.vectors import VectorStore, VectorStoreError
+from helpers.ingest import bson_store
+from helpers.ingest import scan as cat
+from helpers.ingest.jpeg import to_float
+from helpers.vectors import embed
+from helpers.vectors import store as vectors
+from helpers.vectors.embed import embed_catalogue, embed_files
+from helpers.vectors.store import VectorStore, VectorStoreError
 
 # Passes the catalogue's JPEG marker check (start and end markers) but is no JPEG.
 FAKE_JPEG = b"\xff\xd8" + bytes(range(256)) * 2 + b"\xff\xd9"

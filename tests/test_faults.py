@@ -32,11 +32,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import artifacts, bson_store
-from helpers import catalogue as cat
-from helpers.embed import embed_catalogue
-from helpers.paths import SAMPLE_BSON
-from helpers.vectors import VectorStoreError
+from helpers.core import artifacts
+from helpers.core.paths import SAMPLE_BSON
+from helpers.ingest import bson_store
+from helpers.ingest import scan as cat
+from helpers.vectors.embed import embed_catalogue
+from helpers.vectors.store import VectorStoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 # Passes the catalogue's marker check but is no JPEG: the embedding rejects it.
@@ -60,7 +61,7 @@ CHILD = textwrap.dedent('''
     import json, os, signal, sys, threading, time
     import numpy as np
     from helpers import catalogue as cat
-    from helpers.embed import embed_catalogue
+    from helpers.vectors.embed import embed_catalogue
     {tiny}
     job, args = sys.argv[1], json.loads(sys.argv[2])
     if args["delay"] is not None:

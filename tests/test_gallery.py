@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import catalogue as cat
+from helpers.catalogue.image_source import BsonImageSource
+from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.gallery import (
     Gallery,
     Hit,
@@ -16,10 +17,9 @@ from helpers.gallery import (
     searcher,
     to_hits,
 )
-from helpers.image_source import BsonImageSource
-from helpers.images import decode_image
 from helpers.index import SearchResult, build_index
-from helpers.products import ParquetCatalogue
+from helpers.ingest import scan as cat
+from helpers.ingest.jpeg import decode_image
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cosine as scipy_cosine
 
-from helpers.artifacts import resolve_version
+from helpers.core.artifacts import resolve_version
 from helpers.index import (
     METHODS,
     CategoryError,

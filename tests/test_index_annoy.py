@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.artifacts import resolve_version
+from helpers.core.artifacts import resolve_version
 from helpers.index import NotSupportedError, build_index, load_index
 from helpers.index.annoy_index import AnnoyIndex
 

@@ -10,13 +10,8 @@ import faiss
 import numpy as np
 import pytest
 
-from helpers.index import (
-    IndexInputError,
-    NotSupportedError,
-    TrainingError,
-    build_index,
-)
-from helpers.metrics import recall_at_k
+from helpers.evaluate.metrics import recall_at_k
+from helpers.index import IndexInputError, NotSupportedError, TrainingError, build_index
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import metrics as metrics_module
-from helpers.ids import encode
-from helpers.metrics import (
+from helpers.core.ids import encode
+from helpers.evaluate import metrics as metrics_module
+from helpers.evaluate.metrics import (
     category_precision,
     drop_self,
     expected_hits,

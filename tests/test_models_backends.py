@@ -37,7 +37,7 @@ class _Uint8Means(FeatureExtractor):
 
 def test_registry_lists_and_lazily_imports_backends() -> None:
     assert {"onnx", "tf"} <= set(hm.BACKENDS)
-    from helpers.models.onnx_backend import OnnxFeatureExtractor
+    from helpers.models.runtimes.onnx import OnnxFeatureExtractor
 
     assert hm.BACKENDS["onnx"] is OnnxFeatureExtractor is hm.OnnxFeatureExtractor
     with pytest.raises(KeyError, match="unknown extractor backend 'nope'; known: onnx"):

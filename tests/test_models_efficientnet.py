@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import helpers.models as hm
-from helpers.models import efficientnet_lite as eff
+from helpers.models.nets import efficientnet_lite as eff
 
 REFERENCE = Path(__file__).parent / "data" / "efficientnet_lite2_torch_reference.npz"
 FEATURES_ATOL = 1e-5
@@ -129,9 +129,9 @@ def test_store_of_another_backbone_is_refused(
     ext: hm.FeatureExtractor, model_cache: Path, sample_bson: Path,
     sample_categories: Path, tmp_path: Path
 ) -> None:
-    from helpers import catalogue as cat
-    from helpers.embed import embed_catalogue
-    from helpers.vectors import VectorStore, VectorStoreError
+    from helpers.ingest import scan as cat
+    from helpers.vectors.embed import embed_catalogue
+    from helpers.vectors.store import VectorStore, VectorStoreError
 
     mobilenet = hm.load_extractor("onnx", cache_dir=model_cache, intra_op_threads=2)
     cat.build_catalogue(sample_bson, tmp_path / "catalogue", sample_categories, progress=False)

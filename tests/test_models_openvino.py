@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import helpers.models as hm
-from helpers.images import decode_image
-from helpers.vectors import VectorStore, VectorStoreError
+from helpers.ingest.jpeg import decode_image
+from helpers.vectors.store import VectorStore, VectorStoreError
 
 pytest.importorskip("openvino")
 
@@ -130,8 +130,8 @@ def test_store_made_by_another_backend_is_refused(
     ov: hm.FeatureExtractor, fp32: hm.FeatureExtractor, sample_bson: Path,
     sample_categories: Path, tmp_path: Path
 ) -> None:
-    from helpers import catalogue as cat
-    from helpers.embed import embed_catalogue
+    from helpers.ingest import scan as cat
+    from helpers.vectors.embed import embed_catalogue
 
     cat.build_catalogue(sample_bson, tmp_path / "catalogue", sample_categories, progress=False)
     head = cat.load_catalogue(tmp_path / "catalogue").head(6)

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import helpers.models as hm
-from helpers.models import onnx_backend, weights
+from helpers.models import weights
+from helpers.models.runtimes import onnx as onnx_backend
 
 REFERENCE = Path(__file__).parent / "data" / "mobilenet_v2_torch_reference.npz"
 FEATURES_ATOL = 1e-5

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import helpers.models as hm
-from helpers.models import mobilenet_v2, weights
+from helpers.models import weights
+from helpers.models.nets import mobilenet_v2
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_hub")
@@ -132,7 +133,7 @@ def test_style_vectors(style: hm.StyleExtractor, batch: np.ndarray) -> None:
 
 
 def test_style_projection_is_fixed() -> None:
-    from helpers.models.style import projection_matrix
+    from helpers.models.nets.vgg16_style import projection_matrix
 
     p = projection_matrix(64, 16, seed=0, layer="block1_conv1")
     assert p.shape == (64 * 65 // 2, 16)

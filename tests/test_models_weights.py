@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import helpers.models as hm
-from helpers.models import onnx_backend, weights
+from helpers.models import weights
+from helpers.models.runtimes import onnx as onnx_backend
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -54,7 +55,7 @@ def test_checkpoint_sha_matches_torchvision_name() -> None:
 
 
 def test_spec_matches_torchvision_architecture() -> None:
-    from helpers.models.mobilenet_v2 import mobilenet_v2_spec
+    from helpers.models.nets.mobilenet_v2 import mobilenet_v2_spec
 
     blocks = mobilenet_v2_spec(weights.load_mobilenet_v2_state_dict())
     assert len(blocks) == 19  # stem + 17 inverted residuals + final 1x1

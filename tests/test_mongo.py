@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import catalogue as cat
-from helpers import mongo
-from helpers.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
-from helpers.products import Catalogue, ParquetCatalogue, UnknownProductError
-from helpers.servers import free_port, start_mongod
-from helpers.services import ServiceUnavailable
+from helpers.catalogue import mongo
+from helpers.catalogue.protocol import Catalogue, ParquetCatalogue, UnknownProductError
+from helpers.core.errors import ServiceUnavailable
+from helpers.core.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
+from helpers.ingest import scan as cat
+from helpers.services.servers import free_port, start_mongod
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 import run_all
-from helpers import catalogue as cat
+from helpers.ingest import scan as cat
 
 
 def test_require_products_says_why(tmp_path):
@@ -44,7 +44,7 @@ def test_no_products_skips_the_rest_and_kernels_stay_quiet(tmp_path, monkeypatch
     books = tmp_path / "notebooks"
     books.mkdir()
     _notebook(books / "01_scan.ipynb",
-              "from helpers.catalogue import CatalogueSummary, require_products\n"
+              "from helpers.ingest.scan import CatalogueSummary, require_products\n"
               "require_products(CatalogueSummary(source='x.bson'))")
     _notebook(books / "02_next.ipynb", "print('never run')")
     monkeypatch.setattr(run_all, "NOTEBOOKS", books)

@@ -33,9 +33,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import bson_store, images
-from helpers import catalogue as cat
-from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON
+from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON
+from helpers.ingest import bson_store
+from helpers.ingest import jpeg as images
+from helpers.ingest import scan as cat
 
 REASONS = {"malformed", "truncated", "document_too_large", "bad_id", "no_images",
            "too_many_images", "unknown_category", "bad_image", "image_too_large",

@@ -10,13 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import catalogue as cat
-from helpers import ids
-from helpers.embed import embed_catalogue
-from helpers.image_source import BsonImageSource, ImageSource, JpegFolderSource, image
-from helpers.index import base as index_base
+from helpers.catalogue.image_source import BsonImageSource, ImageSource, JpegFolderSource, image
+from helpers.catalogue.protocol import (
+    Catalogue,
+    ParquetCatalogue,
+    UnknownProductError,
+    iter_products,
+)
+from helpers.core import ids
 from helpers.index import build_index
-from helpers.products import Catalogue, ParquetCatalogue, UnknownProductError, iter_products
+from helpers.index import protocol as index_base
+from helpers.ingest import scan as cat
+from helpers.vectors.embed import embed_catalogue
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
@@ -179,7 +184,7 @@ def test_the_wheel_carries_the_sample_and_finds_it(tmp_path):
     assert "helpers/sample_data/fashion_sample_categories.csv" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import helpers.paths as p; print(p.SAMPLE_BSON); "
+    code = ("import helpers.core.paths as p; print(p.SAMPLE_BSON); "
             "assert p.SAMPLE_BSON.is_file(), p.SAMPLE_BSON")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, text=True,
                          capture_output=True, env={"PYTHONPATH": str(site), "PATH": "/usr/bin"})
@@ -187,9 +192,9 @@ def test_the_wheel_carries_the_sample_and_finds_it(tmp_path):
 
 
 def test_registry_membership_imports_nothing():
-    from helpers.registry import Registry
+    from helpers.core.registry import Registry
 
-    reg = Registry("thing", {"ok": "helpers.ids:ItemIdError", "gone": "no_such_module:X"})
+    reg = Registry("thing", {"ok": "helpers.core.ids:ItemIdError", "gone": "no_such_module:X"})
     assert "gone" in reg and "other" not in reg  # no import of no_such_module
     assert reg["ok"].__name__ == "ItemIdError"
     with pytest.raises(ModuleNotFoundError):

@@ -1,4 +1,4 @@
-"""Serving artifacts and related-product queries (helpers.serving, helpers.related)."""
+"""Serving artifacts and related-product queries (helpers.serve.loader, helpers.serve.related)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.products import UnknownProductError
-from helpers.related import (
+from helpers.catalogue.protocol import UnknownProductError
+from helpers.serve.loader import ArtifactMissing, find_catalogues, load_artifacts
+from helpers.serve.related import (
     NoVectorError,
     RecentlyViewed,
     Related,
@@ -24,7 +25,6 @@ from helpers.related import (
     parse_k,
     parse_product_id,
 )
-from helpers.serving import ArtifactMissing, find_catalogues, load_artifacts
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_missing_bson_is_one_clear_message(app_artifacts, tmp_path):
 
 def test_vectors_of_another_catalogue_are_skipped(tmp_path, app_artifacts, sample_bson,
                                                   sample_categories):
-    from helpers import catalogue as cat
+    from helpers.ingest import scan as cat
 
     root = tmp_path / "art"
     shutil.copytree(app_artifacts, root, symlinks=True, ignore=shutil.ignore_patterns("catalogue"))
@@ -280,9 +280,9 @@ def test_engine_without_its_package_is_unavailable(app_artifacts, monkeypatch):
 def test_image_level_index(tmp_path, app_artifacts, sample_bson):
     """An index of one vector per picture: hits are products (best picture), with the
     picture that matched; a product's own pictures are all left out."""
+    from helpers.catalogue.protocol import ParquetCatalogue
     from helpers.index import build_index
     from helpers.models import load_extractor
-    from helpers.products import ParquetCatalogue
     from helpers.workspace import Workspace
 
     root = tmp_path / "art"

@@ -26,7 +26,7 @@ def fake_books(tmp_path, monkeypatch):
     _notebook(books / "01_ok.ipynb", "print(work_dir, x)",
               params="work_dir = None\nx = 1")
     _notebook(books / "02_service.ipynb",
-              "from helpers.services import ServiceUnavailable\n"
+              "from helpers.core.errors import ServiceUnavailable\n"
               "raise ServiceUnavailable('no Elasticsearch at http://localhost:9200')")
     _notebook(books / "03_broken.ipynb", "1 / 0")
     monkeypatch.setattr(run_all, "NOTEBOOKS", books)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
-from helpers.sample import FASHION_DIR, make_sample
+from helpers.core.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
+from helpers.ingest.sample import FASHION_DIR, make_sample
 
 
 @pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),

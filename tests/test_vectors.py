@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import vectors as vs
-from helpers.vectors import VectorStore, VectorStoreError, VectorWriter, encode_item_ids
+from helpers.vectors import store as vs
+from helpers.vectors.store import VectorStore, VectorStoreError, VectorWriter, encode_item_ids
 
 DIM = 8
 MADE_BY = {"model": "test", "backend": "none", "image_size": 224, "level": "image"}

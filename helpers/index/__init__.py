@@ -7,7 +7,7 @@
     index = load_index("artifacts/index/ivf", expect_source={"model": "resnet50"})
 
 Methods (METHODS): "exact" (numpy brute force), "faiss" (any factory string),
-"annoy" (mmapped random-projection forest). The protocol is in `helpers.index.base`.
+"annoy" (mmapped random-projection forest). The protocol is in `helpers.index.protocol`.
 
 Adding a method: one module here with a class implementing `VectorIndex` (usually by
 deriving `LocalIndex`), and one line in METHODS below. Engines are imported on first use,
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from helpers.index.base import (
+from helpers.core.registry import Registry
+from helpers.index.protocol import (
     CategoryError,
     DimensionError,
     DuplicateIdError,
@@ -40,7 +41,6 @@ from helpers.index.base import (
     VectorIndex,
     read_meta,
 )
-from helpers.registry import Registry
 
 METHODS = Registry(
     "index method",

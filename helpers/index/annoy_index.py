@@ -30,7 +30,7 @@ from typing import Any
 import annoy
 import numpy as np
 
-from helpers.index.base import (
+from helpers.index.protocol import (
     IndexInputError,
     IndexMismatchError,
     Knobs,

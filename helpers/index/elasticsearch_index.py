@@ -60,8 +60,9 @@ from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch.helpers import streaming_bulk
 from tqdm.auto import tqdm
 
-from helpers import ids as item_ids
-from helpers.index.base import (
+from helpers.core import ids as item_ids
+from helpers.core.errors import ServiceUnavailable
+from helpers.index.protocol import (
     FORMAT_VERSION,
     META_FILE,
     METRIC,
@@ -88,7 +89,6 @@ from helpers.index.base import (
     check_vectors,
     read_meta,
 )
-from helpers.services import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ class ElasticsearchIndex:
         url: the node (default $ELASTICSEARCH_URL or http://localhost:9200).
         index: index name (default `vps-<model>-<level>` from `source`).
         level: "product" or "image" (default source["level"], else "product"): at image
-            level ids are packed item ids (helpers.ids) and product_id is decoded from them.
-        catalogue: a helpers.products.Catalogue: category names and image counts per product.
+            level ids are packed item ids (helpers.core.ids) and product_id is decoded from them.
+        catalogue: a Catalogue (helpers.catalogue.protocol): names, picture counts.
         index_type, m, ef_construction: the dense_vector `index_options`.
         num_candidates, oversample: the initial search knobs (see the class docstring).
         exact_field: add the `vector_exact` flat field (the exact yardstick); default: only

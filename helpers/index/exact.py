@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.index.base import (
+from helpers.index.protocol import (
     Knobs,
     LocalIndex,
     SearchResult,

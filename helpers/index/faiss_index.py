@@ -39,7 +39,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from helpers.index.base import (
+from helpers.index.exact import _top_k
+from helpers.index.protocol import (
     IndexInputError,
     IndexMismatchError,
     Knobs,
@@ -49,7 +50,6 @@ from helpers.index.base import (
     TrainingError,
     UnitChunks,
 )
-from helpers.index.exact import _top_k
 
 DEFAULT_FACTORY = "HNSW32"
 # Knob defaults: FAISS's own (nprobe=1, efSearch=16, k_factor=1) give recall@10 well below

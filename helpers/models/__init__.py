@@ -26,16 +26,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..registry import Registry
-from .base import FeatureExtractor, InputSpec, as_model_input, check_batch
-from .cache import default_cache_dir
-from .extractors import ImageNetClassifier, imagenet_classes, prepare_images
-from .style import DEFAULT_STYLE_LAYERS, StyleExtractor
-from .weights import WeightsHashError, WeightsNotFoundError
+from helpers.core.registry import Registry
+from helpers.models.base import FeatureExtractor, InputSpec, as_model_input, check_batch
+from helpers.models.cache import default_cache_dir
+from helpers.models.extractors import ImageNetClassifier, imagenet_classes, prepare_images
+from helpers.models.nets.vgg16_style import DEFAULT_STYLE_LAYERS, StyleExtractor
+from helpers.models.weights import WeightsHashError, WeightsNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .onnx_backend import OnnxFeatureExtractor
-    from .tf_backend import TFHubFeatureExtractor
+    from helpers.models.runtimes.onnx import OnnxFeatureExtractor
+    from helpers.models.runtimes.tf import TFHubFeatureExtractor
 
 __all__ = [
     "BACKENDS",
@@ -62,10 +62,10 @@ __all__ = [
 BACKENDS = Registry(
     "extractor backend",
     {
-        "onnx": "helpers.models.onnx_backend:OnnxFeatureExtractor",
-        "tf": "helpers.models.tf_backend:TFHubFeatureExtractor",
-        "openvino": "helpers.models.openvino_backend:OpenVinoFeatureExtractor",
-        "efficientnet_lite2": "helpers.models.efficientnet_lite:EfficientNetLiteExtractor",
+        "onnx": "helpers.models.runtimes.onnx:OnnxFeatureExtractor",
+        "tf": "helpers.models.runtimes.tf:TFHubFeatureExtractor",
+        "openvino": "helpers.models.runtimes.openvino:OpenVinoFeatureExtractor",
+        "efficientnet_lite2": "helpers.models.nets.efficientnet_lite:EfficientNetLiteExtractor",
     },
 )
 _CLASSES = {
@@ -126,7 +126,7 @@ def load_style_extractor(
     input_size: int | None = None,
     batch_size: int = 16,
 ) -> StyleExtractor:
-    """VGG16 Gram-matrix style embeddings (TensorFlow); see :mod:`helpers.models.style`."""
+    """VGG16 Gram-matrix style embeddings (TensorFlow): :mod:`helpers.models.nets.vgg16_style`."""
     return StyleExtractor(
         layers or DEFAULT_STYLE_LAYERS, dim_per_layer, seed, input_size, batch_size
     )

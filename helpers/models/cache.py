@@ -2,7 +2,7 @@
 
 Cached files are shared by every user of a machine (an app's service account reads
 the notebook user's ``.onnx``), so they are published world-readable (files 0644,
-folders 0755) and fsynced before the rename (``helpers.artifacts`` does both).
+folders 0755) and fsynced before the rename (``helpers.core.artifacts`` does both).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import artifacts
+from helpers.core import artifacts
 
 __all__ = ["default_cache_dir", "publish_dir", "publish_file", "read_json"]
 

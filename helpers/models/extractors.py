@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import FeatureExtractor, InputSpec, check_batch
+from helpers.models.base import FeatureExtractor, InputSpec, check_batch
 
 __all__ = [
     "FeatureExtractor",
@@ -76,12 +76,12 @@ class ImageNetClassifier:
         self.classes = imagenet_classes()
         self._logits: Callable[[np.ndarray], np.ndarray]
         if backend == "tf":
-            from .tf_backend import keras_logits
+            from helpers.models.runtimes.tf import keras_logits
 
             fn = keras_logits()
             self._logits = lambda x: fn(check_batch(x))
         else:
-            from . import load_extractor
+            from helpers.models import load_extractor
 
             ext = load_extractor(backend, cache_dir=cache_dir,
                                  intra_op_threads=intra_op_threads, **options)

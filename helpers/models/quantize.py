@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cache
+from helpers.models import cache
 
 __all__ = ["calibration_pictures", "ensure_int8_model", "pictures_sha256"]
 
@@ -37,8 +37,8 @@ def calibration_pictures(bson_path: str | Path | None = None, n: int = 300,
     sample), decoded and resized to uint8 [n, size, size, 3]."""
     import bson
 
-    from ..images import decode_image
-    from ..paths import SAMPLE_BSON
+    from helpers.core.paths import SAMPLE_BSON
+    from helpers.ingest.jpeg import decode_image
 
     out: list[np.ndarray] = []
     with open(bson_path or SAMPLE_BSON, "rb") as f:

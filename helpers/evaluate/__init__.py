@@ -1,0 +1,1 @@
+"""Measuring search: metrics, the knob sweep, the 06 comparison."""

@@ -1,0 +1,1 @@
+"""The networks: one module a network (weights -> graph)."""

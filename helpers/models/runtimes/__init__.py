@@ -1,0 +1,1 @@
+"""The runtimes a network runs on: ONNX Runtime, OpenVINO, TensorFlow."""

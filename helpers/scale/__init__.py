@@ -1,0 +1,1 @@
+"""Past one process: the Dask catalogue and embedding, memory of mapped files."""

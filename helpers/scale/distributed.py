@@ -1,0 +1,354 @@
+"""The full ``train.bson`` on Dask: catalogue and embedding, one task per byte range.
+
+    from helpers import distributed as dist
+    summary = dist.build_catalogue("train.bson", "work/catalogue", "category_names.csv",
+                                   workers=2)                      # LocalCluster
+    summary = dist.build_catalogue(..., scheduler="tcp://10.0.0.1:8786")  # a cluster
+    store = dist.embed_catalogue("work/catalogue", "train.bson", "onnx",
+                                 "work/vectors/mobilenet_v2-onnx-180px-product",
+                                 image_size=180, workers=2)        # a ShardedVectorStore
+
+The file is cut into document-aligned byte ranges (``bson_store.partition_offsets``,
+about ``PARTITION_BYTES`` each: ~110 for the 58 GB train.bson). Each range is one Dask
+task that writes its own shard:
+
+- catalogue: ``_work/range-NNN/`` part files (rows, rejects) and a checkpoint, written by
+  the same ``catalogue._scan_range`` the single-machine build runs; a final step
+  (``catalogue._finalize``) merges them into the usual ``catalogue.parquet``,
+  ``rejects.csv`` and ``catalogue.json``, so every later step (and ``build_catalogue``'s
+  "reuse a finished catalogue") works unchanged;
+- vectors: ``shards/part-NNNNN/``, a ``helpers.vectors.store`` store of the catalogue rows whose
+  document starts in the range (its own ``rejects.csv``); the merge writes ``shards.json``,
+  the manifest ``helpers.vectors.sharded.ShardedVectorStore`` reads as one memory-mapped matrix.
+
+A re-run skips finished shards and resumes unfinished ones from their last checkpoint,
+so a crash, a Ctrl-C or a killed worker (Dask reschedules its task on another worker)
+costs at most one checkpoint of work per range.
+
+Cluster: ``scheduler=None`` or ``"local"`` starts a ``LocalCluster`` of ``workers``
+processes, one thread each, ``memory_limit`` each (default 2 GiB: a catalogue task holds
+one 8 MB read window and at most ``checkpoint_every`` rows; an embedding task holds the
+ONNX model, ~15 MB, and 5 batch buffers, ~100 MB at 224 px; Dask pauses a worker at 80%
+and restarts it at 95%). A ``"tcp://host:port"`` address or a ``dask.distributed.Client``
+uses an existing cluster with the same code: then the BSON file and the output folders
+must be on storage every worker sees at the same path (NFS, a shared volume).
+Progress is Dask's progress bar; the dashboard link goes to ``report`` (needs ``bokeh``
+installed on the scheduler to serve pages).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from helpers.ingest import bson_store
+from helpers.ingest import scan as cat
+from helpers.vectors.embed import catalogue_fingerprint
+from helpers.vectors.embed import embed_catalogue as embed_rows
+from helpers.vectors.sharded import MANIFEST, SHARDS, ShardedVectorStore, write_manifest
+
+logger = logging.getLogger(__name__)
+
+PARTITION_BYTES = 512 * 2**20  # unit of scheduling, retry and lost work: ~110 on train.bson
+DEFAULT_MEMORY = "2GiB"  # per worker; see the module docstring for what a task holds
+PLAN = "plan.json"
+CRASH_MARKER = "_crashed_once"  # crash_after (tests): the kill happens once
+
+Report = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+@contextmanager
+def dask_client(
+    scheduler: Any = None,
+    workers: int | None = None,
+    memory_limit: str | int = DEFAULT_MEMORY,
+    processes: bool = True,
+    report: Report = logger.info,
+) -> Iterator[Any]:
+    """A ``dask.distributed.Client``: on ``scheduler`` (an address or a Client), or on a
+    new ``LocalCluster`` of ``workers`` single-threaded workers (None: one per core)."""
+    from dask.distributed import Client, LocalCluster
+
+    if isinstance(scheduler, Client):
+        _describe(scheduler, report)
+        yield scheduler
+        return
+    if scheduler not in (None, "", "local"):
+        with Client(scheduler) as client:
+            _describe(client, report)
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    # Port 0 everywhere: several runs (tests, colleagues) on one machine never collide.
+    # In-process workers (processes=False) share the caller's memory: a per-worker limit
+    # would be checked against the whole process (a notebook or test runner holding models)
+    # and pause the workers for ever. Limits apply to worker processes only.
+    limit = memory_limit if processes else 0
+    with LocalCluster(n_workers=n, threads_per_worker=1, memory_limit=limit,
+                      processes=processes, scheduler_port=0, dashboard_address=":0") as cl, \
+            Client(cl) as client:
+        _describe(client, report)
+        yield client
+
+
+def _describe(client: Any, report: Report) -> None:
+    info = client.scheduler_info()
+    ws = list(info.get("workers", {}).values())
+    mem = {w.get("memory_limit") for w in ws}
+    mem_txt = ", ".join(f"{m / 2**30:.1f} GiB" if m else "unbounded" for m in mem)
+    report(f"Dask: {len(ws)} workers x {sum(w.get('nthreads', 1) for w in ws) // max(len(ws), 1)}"
+           f" thread(s), memory limit per worker {mem_txt}; scheduler {info.get('address')}")
+    report(f"Dask dashboard: {client.dashboard_link}")
+
+
+def _run(client: Any, fn: Callable, jobs: list[tuple], name: str, progress: bool) -> list:
+    """Submit one task per job (unique keys: a re-run is never served stale results)."""
+    run_id = uuid.uuid4().hex[:8]
+    futures = [client.submit(fn, *job, key=f"{name}-{i:05d}-{run_id}", retries=1)
+               for i, job in enumerate(jobs)]
+    if progress and futures:
+        from dask.distributed import progress as dask_progress
+
+        dask_progress(futures)
+    return client.gather(futures)
+
+
+# ---------------------------------------------------------------- catalogue
+
+
+def build_catalogue(
+    bson_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    categories: str | os.PathLike | None = None,
+    *,
+    scheduler: Any = None,
+    workers: int | None = None,
+    memory_limit: str | int = DEFAULT_MEMORY,
+    processes: bool = True,
+    partition_bytes: int = PARTITION_BYTES,
+    verify_images: str = "magic",
+    checkpoint_every: int = 50_000,
+    force: bool = False,
+    progress: bool = True,
+    report: Report = logger.info,
+    stop_after: int | None = None,
+    crash_after: int | None = None,
+) -> cat.CatalogueSummary:
+    """``catalogue.build_catalogue`` with one Dask task per byte range; same output.
+
+    partition_bytes: about this many bytes per task (at least one task per worker).
+    stop_after: every task stops after this many checkpoints (an interrupted run).
+    crash_after: tests: the first task to reach this many checkpoints kills its
+        worker process (``os._exit``), once per output folder.
+    Returns the summary; an unfinished run (stop_after) returns the documents read so far.
+    """
+    if verify_images not in ("magic", "decode"):
+        raise ValueError(f"verify_images must be 'magic' or 'decode', not {verify_images!r}")
+    bson_path, out_dir = Path(bson_path), Path(out_dir)
+    bson_store.check_is_bson(bson_path)
+    cats = cat.load_categories(categories) if categories is not None else None
+    # The same params as catalogue.build_catalogue: its reuse check accepts this catalogue.
+    params = cat.catalogue_params(categories, verify_images=verify_images)
+    source = cat._source_id(bson_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not force and (out_dir / cat.META).exists():
+        meta = cat.load_meta(out_dir)
+        if meta["source"] == source and meta["params"] == params:
+            return cat.CatalogueSummary(**meta["summary"])
+    work = out_dir / cat.WORK
+    parts = max(workers or 1, math.ceil(source["size"] / partition_bytes))
+    plan = _catalogue_plan(work, bson_path, source, params, parts, resume=not force)
+    jobs = [(str(bson_path), str(work / f"range-{i:02d}"), a, b, params["categories"],
+             verify_images, checkpoint_every, stop_after, i,
+             crash_after, str(out_dir / CRASH_MARKER)) for i, (a, b) in enumerate(plan["ranges"])]
+    report(f"catalogue: {len(jobs)} byte ranges of ~{source['size'] / len(jobs) / 1e6:,.0f} MB"
+           f" -> {work}")
+    t0 = time.perf_counter()
+    with dask_client(scheduler, workers, memory_limit, processes, report) as client:
+        states = _run(client, _scan_task, jobs, "catalogue-range", progress)
+    plan["seconds"] += time.perf_counter() - t0
+    cat._write_json(work / PLAN, plan)
+    if not all(st["done"] for st in states):
+        return cat.CatalogueSummary(source=str(bson_path),
+                                    documents=sum(st["documents"] for st in states))
+    return cat._finalize(out_dir, plan, states, cats)
+
+
+def _catalogue_plan(work: Path, bson_path: Path, source: dict, params: dict, parts: int,
+                    resume: bool) -> dict:
+    """An interrupted run's ranges, or new ones; ``catalogue._plan``'s file format."""
+    path = work / PLAN
+    if resume and path.exists():
+        plan = json.loads(path.read_text())
+        if plan["source"] == source and plan["params"] == params:
+            return plan
+        raise cat.CatalogueError(
+            f"{work.parent} holds an interrupted run of another file or other parameters "
+            f"({plan['source']['path']}, {plan['params']}); delete its _work folder")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    offsets = bson_store.partition_offsets(bson_path, parts)
+    plan = {"source": source, "params": params, "seconds": 0.0,
+            "ranges": [[a, b] for a, b in zip(offsets, offsets[1:], strict=False)] or [[0, 0]]}
+    cat._write_json(path, plan)
+    return plan
+
+
+def _scan_task(bson_path: str, work: str, start: int, end: int, categories: str | None,
+               verify: str, checkpoint_every: int, stop_after: int | None, position: int,
+               crash_after: int | None, crash_marker: str) -> dict:
+    """One range on a worker: the single-machine scan, resumable from its checkpoint."""
+    if crash_after is not None and not Path(crash_marker).exists():
+        state = cat._scan_range(bson_path, work, start, end, None, categories, verify,
+                                checkpoint_every, crash_after, False, position)
+        if not state["done"]:
+            Path(crash_marker).touch()
+            os._exit(1)  # a killed worker: the nanny restarts it, Dask reruns the task
+    return cat._scan_range(bson_path, work, start, end, None, categories, verify,
+                           checkpoint_every, stop_after, False, position)
+
+
+# ---------------------------------------------------------------- embedding
+
+
+def extractor_recipe(backend: str = "onnx", model_handle: str | None = None,
+                     threads: int = 1, cache_dir: str | None = None) -> Callable[[], Any]:
+    """A picklable recipe for ``models.load_extractor(backend, ...)``, called once per
+    worker; ``threads`` per forward pass (1: one core a single-threaded worker)."""
+    from helpers.models import load_extractor
+
+    return functools.partial(load_extractor, backend, model_handle, cache_dir=cache_dir,
+                             intra_op_threads=threads)
+
+
+def onnx_extractor(threads: int = 1, cache_dir: str | None = None) -> Callable[[], Any]:
+    """The recipe of the ONNX MobileNetV2 extractor (the default)."""
+    return extractor_recipe("onnx", None, threads, cache_dir)
+
+
+_WORKER_EXTRACTORS: dict[str, Any] = {}
+
+
+def _worker_extractor(factory: Callable[[], Any]) -> Any:
+    """The extractor ``factory`` makes, built once per worker process (the model is
+    loaded for the first range a worker runs, not for every range)."""
+    from dask.base import tokenize
+
+    key = tokenize(factory)
+    if key not in _WORKER_EXTRACTORS:
+        _WORKER_EXTRACTORS[key] = factory()
+    return _WORKER_EXTRACTORS[key]
+
+
+def shard_ranges(size: int, n: int) -> list[tuple[int, int]]:
+    """``n`` byte ranges cutting ``[0, size)``: a row belongs to the range holding its
+    document's offset (no document alignment needed: the catalogue has the offsets)."""
+    edges = [size * i // n for i in range(n + 1)]
+    return list(zip(edges, edges[1:], strict=False))
+
+
+def embed_catalogue(
+    catalogue_dir: str | os.PathLike,
+    bson_path: str | os.PathLike,
+    extractor: str | Callable[[], Any],
+    out_dir: str | os.PathLike,
+    *,
+    image_size: int = 224,
+    level: str = "product",
+    batch_size: int = 64,
+    decode_threads: int = 1,
+    scheduler: Any = None,
+    workers: int | None = None,
+    memory_limit: str | int = DEFAULT_MEMORY,
+    processes: bool = True,
+    partition_bytes: int = PARTITION_BYTES,
+    progress: bool = True,
+    report: Report = logger.info,
+) -> ShardedVectorStore:
+    """Embed a finished catalogue, one Dask task (one vector shard) per byte range.
+
+    extractor: ``"onnx"`` (MobileNetV2, one ORT thread per worker), or a picklable
+        zero-argument callable returning an extractor (``onnx_extractor(threads=2)``,
+        ``functools.partial(load_extractor, ...)``), called once per worker.
+    Each shard is ``helpers.vectors.embed.embed_catalogue`` of its rows, so it resumes and
+    refuses stale settings the same way. Returns the merged, memory-mapped store.
+    """
+    catalogue_dir, bson_path, out_dir = Path(catalogue_dir), Path(bson_path), Path(out_dir)
+    factory = onnx_extractor() if extractor == "onnx" else extractor
+    if not callable(factory):
+        raise ValueError(f"extractor must be 'onnx' or a callable, not {extractor!r}")
+    if not (catalogue_dir / cat.META).exists():
+        cat.load_catalogue(catalogue_dir)  # raises the usual "no finished catalogue" error
+    # Two columns only: 7 M rows of ids and offsets are ~110 MB on the client.
+    df = pd.read_parquet(catalogue_dir / cat.CATALOGUE, columns=["product_id", "offset"])
+    fingerprint = catalogue_fingerprint(df)
+    size = bson_path.stat().st_size
+    n = max(workers or 1, math.ceil(size / partition_bytes))
+    ranges = shard_ranges(size, n)
+    counts = np.bincount(np.searchsorted([b for _, b in ranges], df["offset"].to_numpy(),
+                                         side="right"), minlength=n)
+    settings = {"catalogue_sha256": fingerprint, "catalogue_rows": len(df),
+                "source": str(bson_path.resolve()), "image_size": image_size, "level": level,
+                "ranges": [list(r) for r in ranges]}
+    _embed_plan(out_dir, settings, report)
+    jobs = [(str(catalogue_dir / cat.CATALOGUE), str(bson_path), factory,
+             str(out_dir / SHARDS / f"part-{i:05d}"), a, b, image_size, level, batch_size,
+             decode_threads) for i, (a, b) in enumerate(ranges) if counts[i]]
+    report(f"embedding: {len(df):,} catalogue rows in {len(jobs)} shards -> {out_dir}")
+    t0 = time.perf_counter()
+    with dask_client(scheduler, workers, memory_limit, processes, report) as client:
+        metas = _run(client, _embed_task, jobs, "embed-range", progress)
+    made_by = {**metas[0]["made_by"], "catalogue_rows": len(df),
+               "catalogue_sha256": fingerprint} if metas else {}
+    shards = [{"path": str(Path(job[3]).relative_to(out_dir)), "count": m["count"],
+               "range": [job[4], job[5]]} for job, m in zip(jobs, metas, strict=True)]
+    totals = {k: sum(m.get(k, 0) for m in metas) for k in ("images", "failed_images")}
+    write_manifest(out_dir, dim=metas[0]["dim"] if metas else 0, made_by=made_by,
+                   shards=shards, seconds=round(time.perf_counter() - t0, 2), **totals)
+    return ShardedVectorStore(out_dir)
+
+
+def _embed_plan(out_dir: Path, settings: dict, report: Report) -> None:
+    """Keep the shards of a run with the same catalogue and settings; move others aside
+    (hours of embedding are never deleted here, as in ``helpers.vectors.embed``)."""
+    path = out_dir / PLAN
+    if path.exists() and json.loads(path.read_text()) != settings \
+            and (out_dir / SHARDS).exists():
+        aside = out_dir / f"{SHARDS}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+        (out_dir / SHARDS).rename(aside)
+        report(f"{out_dir}: shards of another catalogue or settings kept as {aside.name}; "
+               "embedding again")
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # rewritten when every shard is done
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cat._write_json(path, settings)
+
+
+def _embed_task(catalogue_path: str, bson_path: str, factory: Callable[[], Any],
+                shard: str, start: int, end: int, image_size: int, level: str,
+                batch_size: int, decode_threads: int) -> dict:
+    """One shard on a worker: its catalogue rows (a Parquet range read) -> vector store."""
+    rows = pq.read_table(catalogue_path, filters=[("offset", ">=", start),
+                                                  ("offset", "<", end)]).to_pandas()
+    rows = rows.sort_values("offset", kind="stable", ignore_index=True)  # catalogue order
+    store = embed_rows(rows, bson_path, _worker_extractor(factory), shard,
+                       image_size=image_size, level=level, batch_size=batch_size,
+                       decode_threads=decode_threads, rebuild_stale=True, progress=False)
+    return dict(store.meta)
+

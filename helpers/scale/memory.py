@@ -1,0 +1,79 @@
+"""Memory of processes and of files they map: is an index file shared or copied?
+
+Linux only (reads /proc/<pid>/smaps); elsewhere the functions say so.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from helpers.core.artifacts import resolve_version
+
+FIELDS = ("Rss", "Pss", "Private_Clean", "Private_Dirty")
+
+# A child process: load the index, touch every page with a full scan of queries, then
+# hold still until the parent has read its /proc entry.
+_CHILD = """
+import sys
+import numpy as np
+from helpers.index import load_index
+index = load_index(sys.argv[1])
+ids = index.ids[: int(sys.argv[2])]
+if "search_k" in index.params:
+    index.params["search_k"] = 1 << 30  # inspect every node: touch the whole file
+index.search_by_id(ids, min(10, len(index) - 1))
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def mapping_kb(pid: int, path: str | os.PathLike) -> dict[str, int]:
+    """Sum of each smaps field (kB) over the mappings of ``path`` in process ``pid``."""
+    target = str(Path(path).resolve())
+    totals = dict.fromkeys(FIELDS, 0)
+    inside = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if not head:
+                continue
+            if "-" in head[0] and len(head) >= 5:  # a mapping header line
+                inside = len(head) >= 6 and head[-1] == target
+            elif inside and head[0].rstrip(":") in totals:
+                totals[head[0].rstrip(":")] += int(head[1])
+    return totals
+
+
+def shared_load_demo(index_dir: str | os.PathLike, file_name: str, processes: int = 2,
+                     queries: int = 200) -> pd.DataFrame:
+    """Start ``processes`` Pythons that each load the index and search it; report how
+    much of ``file_name`` each one maps, and how much of that is shared.
+
+    With a memory-mapped index, Pss (each process's fair share) is about Rss / processes:
+    the pages are in memory once, in the page cache, whatever the number of readers.
+    """
+    if not Path("/proc/self/smaps").exists():
+        raise OSError("needs Linux /proc/<pid>/smaps")
+    path = resolve_version(index_dir) / file_name  # the version `current` points at
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(index_dir), str(queries)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(processes)]
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            if not line.startswith("ready"):
+                raise RuntimeError(f"index loader {p.pid} failed: {line!r}")
+        rows = [{"pid": p.pid, **mapping_kb(p.pid, path)} for p in procs]
+    finally:
+        for p in procs:
+            p.communicate("")
+    df = pd.DataFrame(rows)
+    df["Private"] = df.pop("Private_Clean") + df.pop("Private_Dirty")
+    df = df.rename(columns={"Rss": "rss_kb", "Pss": "pss_kb", "Private": "private_kb"})
+    df.attrs["file_kb"] = path.stat().st_size // 1024
+    return df

@@ -1,0 +1,403 @@
+"""What the apps serve: the prebuilt artifacts of a run, opened read-only, never rebuilt.
+
+    from helpers.serve.loader import load_artifacts
+    art = load_artifacts()                    # runs/sample/artifacts, what `make demo` writes
+    art = load_artifacts("runs/ivf/artifacts", mongo_uri="mongodb://localhost")
+    art.catalogue.product(pid); art.images.pictures(product)
+    art.methods["faiss"].index.search(q, 10)
+    art.available()                           # ["style", "faiss", "annoy"] (+ "elasticsearch")
+
+Start-up reads files only: the catalogue, the memory-mapped vector stores and the saved
+indexes (the "style" method's exact index is rebuilt from its vectors: a matrix copy, no
+model). Nothing is embedded. A missing artifact is one `ArtifactMissing` naming the command
+that builds it; a search method whose artifact is missing is listed, with that command, in
+``art.unavailable`` and the others still serve.
+
+Artifacts are found by what their ``meta.json`` says (model, settings, catalogue
+fingerprint), not by folder names, so runs with other settings or folder layouts load too;
+an index or vector store made from another catalogue is skipped, with the reason logged.
+Settings (arguments win over the environment): ``VPS_ARTIFACTS`` (the run's artifacts
+folder), ``VPS_BSON`` (the picture store, when the BSON file moved since the catalogue was
+built), ``VPS_MONGO_URI`` (products from MongoDB instead of the Parquet catalogue).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from helpers.catalogue.image_source import BsonImageSource, ImageSource
+from helpers.catalogue.protocol import Catalogue, open_catalogue
+from helpers.core.paths import RUNS_DIR, SAMPLE_DIR
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORK_DIR = RUNS_DIR / "sample" / "artifacts"
+ENV_WORK_DIR = "VPS_ARTIFACTS"
+ENV_BSON = "VPS_BSON"
+ENV_MONGO = "VPS_MONGO_URI"
+
+FEATURE_MODEL = "mobilenet_v2_100"  # prefix of the MobileNetV2 model name in meta.json
+STYLE_MODEL = "vgg16_gram_style"  # prefix of the VGG16 Gram style model name
+
+# What builds each artifact, for the messages.
+BUILD = {
+    "catalogue": "make demo  (or: python run_all.py --only 01)",
+    "vectors": "python run_all.py --only 03",
+    "faiss": "python run_all.py --only 03",
+    "annoy": "python run_all.py --only 04",
+    "style": "python run_all.py --only 02",
+    "elasticsearch": "python run_all.py --only 05  (with an Elasticsearch node running)",
+}
+METHOD_LABELS = {
+    "style": "Cosine (VGG16 style)",
+    "faiss": "FAISS",
+    "annoy": "Annoy",
+    "elasticsearch": "Elasticsearch",
+}
+METHOD_ORDER = tuple(METHOD_LABELS)
+SCAN_DEPTH = 4  # meta.json files deeper than this below the artifacts folder are ignored
+
+
+class ArtifactMissing(RuntimeError):
+    """An artifact the apps need is not there; the message names the command to build it."""
+
+
+@dataclass
+class Method:
+    """One search method: its index and the vectors that stand for a product in queries."""
+
+    name: str
+    index: Any = None  # a helpers.index VectorIndex
+    store: Any = None  # helpers.vectors.store.VectorStore the index was built from
+    reason: str | None = None  # why it is unavailable (None: available)
+    upload: bool = False  # can a new photo be searched (its vectors come from ONNX)?
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS.get(self.name, self.name)
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None and self.index is not None
+
+    @property
+    def level(self) -> str:
+        return self.store.made_by.get("level", "product") if self.store is not None else "product"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.store.made_by.get("image_size", 224))
+
+
+@dataclass
+class Artifacts:
+    """Everything a visual-search app serves, opened once per process."""
+
+    work_dir: Path
+    catalogue: Catalogue
+    images: ImageSource
+    methods: dict[str, Method] = field(default_factory=dict)
+    bson_path: Path | None = None
+
+    def available(self) -> list[str]:
+        return [m for m in METHOD_ORDER if m in self.methods and self.methods[m].available]
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Method -> why not (with the command that builds it)."""
+        return {m: self.methods[m].reason or "not built" for m in METHOD_ORDER
+                if m in self.methods and not self.methods[m].available}
+
+    @property
+    def default_method(self) -> str:
+        avail = self.available()
+        return "faiss" if "faiss" in avail else avail[0]
+
+    def close(self) -> None:
+        self.images.close()
+
+
+# -- finding artifacts ------------------------------------------------------------------------
+
+
+def _meta_files(root: Path, depth: int = SCAN_DEPTH) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(folder, meta.json) of every artifact below root, newest first."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        if len(rel.parts) >= depth:
+            dirnames[:] = []
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # temp folders of writers
+        if "meta.json" in filenames:
+            path = Path(dirpath) / "meta.json"
+            try:
+                found.append((path.stat().st_mtime, Path(dirpath), json.loads(path.read_text())))
+            except (OSError, ValueError) as exc:
+                log.warning("skipping unreadable %s: %s", path, exc)
+    for _, folder, meta in sorted(found, key=lambda t: -t[0]):
+        if isinstance(meta, dict):
+            yield folder, meta
+
+
+def find_vector_stores(root: Path, model_prefix: str,
+                       fingerprint: str | None = None) -> list[Path]:
+    """Finished vector stores of a model below root, product level first, newest first.
+
+    A store made from another catalogue (its ``catalogue_sha256`` differs from
+    ``fingerprint``) is skipped: its ids would not be this catalogue's products.
+    """
+    out = []
+    for folder, meta in _meta_files(root):
+        made = meta.get("made_by")
+        if not isinstance(made, dict) or not str(made.get("model", "")).startswith(model_prefix):
+            continue
+        if not meta.get("complete"):
+            log.warning("%s: unfinished vector store, skipped", folder)
+            continue
+        sha = made.get("catalogue_sha256")
+        if fingerprint and sha and sha != fingerprint:
+            log.warning("%s: vectors of another catalogue (%s, not %s), skipped",
+                        folder, sha, fingerprint)
+            continue
+        out.append((made.get("level", "product") != "product", folder))
+    return [f for _, f in sorted(out, key=lambda t: t[0])]  # stable: newest first per level
+
+
+def find_indexes(root: Path, method: str, made_by: dict[str, Any]) -> list[Path]:
+    """Saved index folders of ``method`` built from vectors made by ``made_by``."""
+    keys = ("model", "image_size", "level", "catalogue_sha256")
+    out = []
+    for folder, meta in _meta_files(root):
+        if meta.get("method") != method or "metric" not in meta:
+            continue
+        src = meta.get("source") or {}
+        diff = [k for k in keys if k in src and k in made_by and src[k] != made_by[k]]
+        if diff:
+            log.info("%s: built from other vectors (%s), skipped", folder, ", ".join(diff))
+            continue
+        parent = folder.parent
+        if (parent / "current").is_symlink():  # a versioned index: name/current -> v-<time>
+            if (parent / "current").resolve() != folder.resolve():
+                continue  # an older version, kept for readers still on it
+            folder = parent
+        out.append(folder)
+    return out
+
+
+def find_catalogues(root: Path) -> list[tuple[Path, str | None]]:
+    """(folder, fingerprint or None) of the run's catalogues, newest first: the Workspace's
+    (manifests), then any other folder below root holding catalogue.json + .parquet."""
+    out: list[tuple[Path, str | None]] = []
+    try:
+        from helpers.core.artifacts import resolve_version
+        from helpers.workspace import Workspace
+
+        for folder, manifest in Workspace(root).find("catalogue"):
+            out.append((resolve_version(folder), manifest.get("fingerprint")))
+    except Exception as exc:  # noqa: BLE001 - another layout: the scan below finds it
+        log.debug("Workspace.find('catalogue') not usable here: %s", exc)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if len(Path(dirpath).relative_to(root).parts) >= SCAN_DEPTH:
+            dirnames[:] = []
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if "catalogue.json" in filenames and "catalogue.parquet" in filenames:
+            found.append(((Path(dirpath) / "catalogue.json").stat().st_mtime, Path(dirpath)))
+    known = {f.resolve() for f, _ in out}
+    out += [(d, None) for _, d in sorted(found, reverse=True) if d.resolve() not in known]
+    return out
+
+
+def catalogue_dir(root: Path, fingerprints: set[str] | frozenset[str] = frozenset()) -> Path:
+    """The catalogue to serve: the newest one that vectors were made from (their
+    ``catalogue_sha256`` in ``fingerprints``), else the newest one."""
+    cands = find_catalogues(root)
+    if not cands:
+        return root / "catalogue"
+    for folder, fp in cands:
+        if fp and fp in fingerprints:
+            return folder
+    return cands[0][0]
+
+
+def _bson_of(cat_dir: Path) -> Path | None:
+    meta_path = cat_dir / "catalogue.json"
+    if not meta_path.is_file():
+        return None
+    src = json.loads(meta_path.read_text()).get("source")
+    path = Path(src.get("path") if isinstance(src, dict) else src or "")
+    if str(path) in ("", ".") or path.is_file():
+        return path if str(path) not in ("", ".") else None
+    # Built elsewhere (a PaaS builds in a temp folder, then moves the app): the built-in
+    # sample is found again in this checkout.
+    moved = SAMPLE_DIR / path.name
+    if moved.is_file():
+        log.info("%s recorded %s, which is gone; using %s", meta_path, path, moved)
+        return moved
+    return path
+
+
+def _store_fingerprints(root: Path) -> set[str]:
+    """Catalogue fingerprints that the run's finished vector stores were made from."""
+    return {str(meta["made_by"]["catalogue_sha256"]) for _, meta in _meta_files(root)
+            if isinstance(meta.get("made_by"), dict) and meta.get("complete")
+            and meta["made_by"].get("catalogue_sha256")}
+
+
+def _open_mongo(mongo_uri: str) -> Catalogue:
+    from helpers.catalogue import mongo  # lazy: pymongo's server code only when asked for
+
+    cls = mongo.MongoCatalogue
+    opener = getattr(cls, "open", None) or getattr(cls, "from_uri", None)
+    return opener(mongo_uri) if opener else cls(mongo_uri)
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def load_artifacts(work_dir: str | os.PathLike | None = None, *,
+                   mongo_uri: str | None = None, bson_path: str | os.PathLike | None = None,
+                   methods: tuple[str, ...] = METHOD_ORDER) -> Artifacts:
+    """Open a run's artifacts for serving (see the module docstring).
+
+    Raises ArtifactMissing when the catalogue, the picture store or every search method
+    is missing; a single missing method only makes that method unavailable.
+    """
+    root = Path(work_dir or os.environ.get(ENV_WORK_DIR) or DEFAULT_WORK_DIR).expanduser()
+    mongo_uri = mongo_uri or os.environ.get(ENV_MONGO) or None
+    if not root.is_dir():
+        raise ArtifactMissing(f"no artifacts at {root}: build them with `{BUILD['catalogue']}`"
+                              f", or point {ENV_WORK_DIR} at a run's artifacts folder")
+    cat_dir = catalogue_dir(root, _store_fingerprints(root))
+    has_parquet = (cat_dir / "catalogue.json").is_file()
+    if mongo_uri:
+        catalogue = _open_mongo(mongo_uri)
+    elif has_parquet:
+        catalogue = open_catalogue(cat_dir)
+    else:
+        raise ArtifactMissing(f"no catalogue in {cat_dir}: build it with `{BUILD['catalogue']}`")
+    bson = Path(bson_path or os.environ.get(ENV_BSON) or _bson_of(cat_dir) or "")
+    if not str(bson) or not bson.is_file():
+        where = f" ({bson})" if str(bson) not in ("", ".") else ""
+        raise ArtifactMissing(f"the product pictures' BSON file is missing{where}: set "
+                              f"{ENV_BSON} to its path, or rebuild with `{BUILD['catalogue']}`")
+    art = Artifacts(root, catalogue, BsonImageSource(bson), bson_path=bson)
+    fingerprint = catalogue.fingerprint
+    features = _open_store(root, FEATURE_MODEL, fingerprint)
+    for name in methods:
+        if name == "style":
+            art.methods[name] = _style_method(root, catalogue, fingerprint)
+        else:
+            art.methods[name] = _index_method(root, name, features)
+    for name, why in art.unavailable.items():
+        log.info("method %s unavailable: %s", name, why)
+    if not art.available():
+        art.close()
+        lines = "; ".join(f"{m}: {why}" for m, why in art.unavailable.items())
+        raise ArtifactMissing(f"no search method can serve from {root}: build them with "
+                              f"`make demo` ({lines})")
+    return art
+
+
+def _open_store(root: Path, model_prefix: str, fingerprint: str) -> Any:
+    from helpers.vectors.store import VectorStore, VectorStoreError
+
+    for folder in find_vector_stores(root, model_prefix, fingerprint):
+        try:
+            return VectorStore(folder)
+        except VectorStoreError as exc:
+            log.warning("%s: %s", folder, exc)
+    return None
+
+
+def _style_method(root: Path, catalogue: Catalogue, fingerprint: str) -> Method:
+    store = _open_store(root, STYLE_MODEL, fingerprint)
+    if store is None or len(store) == 0:
+        return Method("style", reason=f"no VGG16 style vectors: build them with "
+                                      f"`{BUILD['style']}`")
+    from helpers.index import build_index
+
+    # Exact cosine over the style vectors: a normalised copy, the notebooks' "02" search.
+    cats = catalogue.category_ids(store.product_ids)
+    index = build_index("exact", np.asarray(store.vectors), store.item_ids, cats,
+                        source=store.made_by)
+    return Method("style", index=index, store=store, upload=False)
+
+
+def _index_method(root: Path, name: str, features: Any) -> Method:
+    from helpers.index import METHODS, load_index
+
+    try:
+        METHODS[name]  # imports the engine's module (a Mapping's `in` would too)
+    except KeyError:
+        return Method(name, reason=f"the {name} engine is not part of this version")
+    except ImportError as exc:  # a slim deploy without that engine's client library
+        return Method(name, reason=f"the {name} engine needs the Python package "
+                                   f"{exc.name!r}: pip install it to serve {name}")
+    if features is None:
+        return Method(name, reason=f"no MobileNetV2 vectors: build them with "
+                                   f"`{BUILD['vectors']}`")
+    folders = find_indexes(root, name, features.made_by)
+    if not folders:
+        return Method(name, reason=f"no {name} index: build it with `{BUILD.get(name, '')}`")
+    errors = []
+    for folder in folders:
+        try:
+            index = load_index(folder, expect_source={"model": features.made_by.get("model")})
+            if name == "faiss":
+                import faiss
+
+                # An app runs one query per request, many requests at once: OpenMP threads
+                # per query only contend (a single-query search gets ~8x slower on 2 cores).
+                faiss.omp_set_num_threads(1)
+            return Method(name, index=index, store=features, upload=True)
+        except Exception as exc:  # noqa: BLE001 - a node down, a damaged file: try the next
+            errors.append(f"{folder.name}: {type(exc).__name__}: {exc}")
+    return Method(name, reason=f"{name} index could not be opened ({'; '.join(errors)[:300]})")
+
+
+# -- building a small serving set (tests, a PaaS release step) ------------------------------
+
+
+def build_serving_artifacts(work_dir: str | os.PathLike, bson_path: str | os.PathLike,
+                            categories_path: str | os.PathLike | None = None, *,
+                            limit: int | None = None, image_size: int = 180,
+                            style: bool = False, n_trees: int = 20,
+                            factory: str = "Flat") -> Path:
+    """Build what the apps serve without the notebooks: catalogue, MobileNetV2 vectors
+    (ONNX), a FAISS and an Annoy index, and optionally VGG16 style vectors (TensorFlow).
+
+    The same artifacts as the notebooks 01-04 write, in the same layout; tests build a
+    small set of them from the built-in sample. Reuses what is already there.
+    """
+    from helpers.index import build_index
+    from helpers.models import load_extractor
+    from helpers.workspace import Workspace
+
+    ws = Workspace(work_dir)
+    catalogue = ws.catalogue(bson_path, categories_path, limit=limit)
+    images = ws.images(bson_path)
+    store = ws.vectors(catalogue, images, load_extractor("onnx"), image_size=image_size,
+                       level="product", progress=False)
+    cats = catalogue.category_ids(store.product_ids)
+    for name, method, params in (("faiss-" + factory.replace(",", "_"), "faiss",
+                                  {"factory": factory}),
+                                 (f"annoy-{n_trees}", "annoy", {"n_trees": n_trees})):
+        if not find_indexes(ws.root, method, store.made_by):
+            build_index(method, store.vectors, store.item_ids, cats, source=store.made_by,
+                        **params).save(ws.index_dir(name))
+    if style:
+        from helpers.models import load_style_extractor
+
+        ws.vectors(catalogue, images, load_style_extractor(), image_size=image_size,
+                   level="product", progress=False)
+    images.close()
+    return ws.root

@@ -1,0 +1,1 @@
+"""Starting local servers (Elasticsearch, mongod) for tests, demos and users."""
