@@ -29,6 +29,7 @@ demo: install
 
 test: install system
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # JupyterLab on the notebooks: live galleries (query dropdown, k slider).
@@ -46,6 +47,7 @@ mongod: install
 
 lint: install
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 # Every benchmark, then one table of this run's figures and targets (bench/README.md).
 bench: install system

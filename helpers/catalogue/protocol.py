@@ -15,7 +15,6 @@ Lookups use sorted id arrays (searchsorted): no per-process dict of 7 M ids.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
+
+from helpers.ingest.schema import catalogue_fingerprint
 
 CategoryPath = tuple[str, str, str]
 
@@ -94,13 +95,6 @@ class Catalogue(Protocol):
 
     def ids(self) -> np.ndarray:
         """Every product id, in catalogue order."""
-
-
-def catalogue_fingerprint(catalogue: pd.DataFrame) -> str:
-    """Short hash of the catalogue's product ids and offsets: which products, from where."""
-    h = hashlib.sha256(catalogue["product_id"].to_numpy(np.int64).tobytes())
-    h.update(catalogue["offset"].to_numpy(np.int64).tobytes())
-    return h.hexdigest()[:16]
 
 
 def iter_products(catalogue: Catalogue, start: int = 0,

@@ -33,7 +33,6 @@ import pyarrow.parquet as pq
 from bson.int64 import Int64
 from tqdm.auto import tqdm
 
-from helpers.catalogue.protocol import catalogue_fingerprint
 from helpers.core import artifacts
 from helpers.ingest import bson_store
 from helpers.ingest.bson_store import MAX_DOC
@@ -47,6 +46,7 @@ from helpers.ingest.jpeg import (
     decode_image,
     too_large,
 )
+from helpers.ingest.schema import catalogue_fingerprint
 
 CATALOGUE = "catalogue.parquet"
 REJECTS = "rejects.csv"
