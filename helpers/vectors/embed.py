@@ -39,7 +39,16 @@ from helpers.core import artifacts
 from helpers.ingest.jpeg import ImageError, decode_image, to_float
 
 __all__ = ["catalogue_fingerprint", "embed_catalogue", "embed_files"]
-from helpers.vectors.store import LEVELS, VectorStore, VectorStoreError, VectorWriter, read_meta
+from helpers.vectors.sharded import MANIFEST as SHARDS_MANIFEST
+from helpers.vectors.sharded import ShardedVectorStore
+from helpers.vectors.store import (
+    LEVELS,
+    VectorStore,
+    VectorStoreError,
+    VectorWriter,
+    read_meta,
+    store_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +255,16 @@ def embed_catalogue(
     made_by = {**model_meta, "image_size": image_size, "level": level,
                "source": str(Path(source).resolve()) if source else repr(images),
                "catalogue_rows": len(catalogue), "catalogue_sha256": catalogue.fingerprint}
+    if (out_dir / SHARDS_MANIFEST).exists():
+        # A finished Dask run (helpers.scale.distributed) left its shards here: the same
+        # content id as a single store of these settings means the same vectors.
+        sharded = ShardedVectorStore(out_dir)
+        if sharded.id == store_manifest(made_by)["id"]:
+            return sharded
+        raise VectorStoreError(f"{out_dir} holds sharded vectors made by other settings ("
+                               + artifacts.describe_diff(artifacts.settings_diff(
+                                   sharded.made_by, made_by), "is", "now")
+                               + "); move it away to embed again")
     old = read_meta(out_dir)
     if old is not None:
         diff = artifacts.settings_diff(old["made_by"], made_by)
