@@ -70,22 +70,16 @@ def plan(only: str | None, quick: bool) -> list[tuple[str, str, list[str]]]:
 
 
 def machine() -> str:
-    """One line about the machine: CPU, cores, memory, load, versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """One line about the machine: CPU and its instruction sets, memory, load, versions."""
+    from helpers.core.cpu import cpu_info
+
     try:
         mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1e6
         mem_s = f"{mem:.0f} GB RAM"
     except (OSError, ValueError, IndexError):
         mem_s = "RAM unknown"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, {mem_s}, load {load:.1f} at start; "
+    return (f"{cpu_info()}, {mem_s}, load {load:.1f} at start; "
             f"Python {platform.python_version()} on {platform.system()} {platform.release()}")
 
 
