@@ -36,13 +36,13 @@ from helpers.catalogue.protocol import (
     iter_products,
 )
 from helpers.core import artifacts
+from helpers.core.ids import LEVELS
 from helpers.ingest.jpeg import ImageError, decode_image, to_float
 
 __all__ = ["catalogue_fingerprint", "embed_catalogue", "embed_files"]
 from helpers.vectors.sharded import MANIFEST as SHARDS_MANIFEST
 from helpers.vectors.sharded import ShardedVectorStore
 from helpers.vectors.store import (
-    LEVELS,
     VectorStore,
     VectorStoreError,
     VectorWriter,
