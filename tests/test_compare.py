@@ -128,7 +128,7 @@ def test_compare_every_index_and_skip(tmp_path):
     points = run.single_points()
     assert set(points) == set(ok.index) - set(run.sweeps) and "onnx-224/exact" in points
     assert points["onnx-224/exact"][0] == 1.0
-    ax = sweep.plot_recall_qps(run.sweeps, points, k=10)
+    ax = sweep.plot_recall_qps(run.sweeps, k=10, points=points)
     assert len(ax.get_legend().get_texts()) == len(ok)  # a line per sweep, a point per other
 
     class Images:  # pictures by product id, as helpers.gallery.ProductImages

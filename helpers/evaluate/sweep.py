@@ -85,9 +85,9 @@ def knob_sweep(index: Any, knob: str, values: Sequence[int], queries: np.ndarray
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def plot_recall_qps(sweeps: Mapping[str, pd.DataFrame],
+def plot_recall_qps(sweeps: Mapping[str, pd.DataFrame], exact_qps: float | None = None,
+                    k: int = 10, ax: plt.Axes | None = None, *,
                     points: Mapping[str, tuple[float, float]] | None = None,
-                    exact_qps: float | None = None, k: int = 10, ax: plt.Axes | None = None,
                     title: str | None = None) -> plt.Axes:
     """Recall@k against QPS (log scale), the ann-benchmarks way: up and right is better.
 

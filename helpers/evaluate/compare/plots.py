@@ -7,7 +7,7 @@
     cp.category_gallery(run, images, category_id)
 
 Recall against QPS, the sweeps beside the exact methods' single points:
-``helpers.evaluate.sweep.plot_recall_qps(run.sweeps, run.single_points(), k=k)``.
+``helpers.evaluate.sweep.plot_recall_qps(run.sweeps, k=k, points=run.single_points())``.
 Imports matplotlib and helpers.evaluate.compare.report; helpers.gallery for a gallery.
 """
 
