@@ -30,12 +30,13 @@ with its reason; the others are still compared.
 Modules, one concern each: ``run`` (the orchestration: `compare`), ``inputs`` (vectors,
 categories, query samples), ``measure`` (one method's indexes, measured), ``report`` (the
 `Comparison`, its files, the advice text), ``plots`` (figures and galleries, matplotlib:
-not imported here). Memory and disk of an index: ``helpers.evaluate.footprint``.
+not imported here). Memory and disk of an index: ``helpers.evaluate.footprint``. (The
+submodule ``measure`` keeps its name: its function `measure.measure` is not re-exported.)
 This package imports helpers.core, catalogue, vectors, index and evaluate; never serve.
 """
 
 from helpers.evaluate.compare.inputs import Vectors, category_frame, embed, load_embedder
-from helpers.evaluate.compare.measure import MRR_DEPTH, build, index_spec, measure
+from helpers.evaluate.compare.measure import MRR_DEPTH, Measured, build, index_spec
 from helpers.evaluate.compare.report import (
     RECALL_TARGET,
     Comparison,
@@ -49,6 +50,6 @@ from helpers.evaluate.method import INDEXES, Method, MethodError, parse_method
 __all__ = [
     "DEFAULT_METHODS", "INDEXES", "MRR_DEPTH", "RECALL_TARGET", "SAME_AS_ONNX", "Comparison",
     "Method", "MethodError", "Vectors", "advice", "best_method", "build", "category_frame",
-    "compare", "default_methods", "embed", "index_spec", "load_embedder", "measure",
+    "compare", "default_methods", "embed", "index_spec", "load_embedder", "Measured",
     "parse_method", "worst_categories",
 ]
