@@ -1,4 +1,5 @@
-"""helpers.evaluate.compare on synthetic vectors: every method measured, table, files, advice."""
+"""helpers.evaluate.compare on synthetic vectors: every method measured, table, files, advice;
+the product mean, the method strings, the knob sweep and the recall-vs-QPS plot it uses."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.core.ids import encode
-from helpers.evaluate import compare, compare_plots
+from helpers.evaluate import compare, footprint, sweep
+from helpers.evaluate.compare import plots as compare_plots
+from helpers.vectors.means import product_means
 
 
 class _Workspace:
@@ -33,15 +37,17 @@ def _data(n_products=300, n_cats=6, dim=32, seed=0):
     df = pd.DataFrame({"product_id": np.arange(1000, 1000 + n_products),
                        "category_id": 500 + cats,
                        "category_level1": np.where(cats < 3, "A", "B"),
-                       "category_level3": [f"cat{c}" for c in cats]})
-    v = compare.Vectors("onnx-224", encode(pids, idx), vecs.astype(np.float32),
-                        *compare.product_means(encode(pids, idx), vecs.astype(np.float32)))
-    return df, v
+                       "category_level2": "x",
+                       "category_level3": [f"cat{c}" for c in cats],
+                       "n_images": n_pics, "offset": -1, "length": -1, "bad_images": None})
+    v = compare.Vectors.from_pictures("onnx-224", encode(pids, idx), vecs.astype(np.float32))
+    return ParquetCatalogue(df), v
 
 
 def test_parse_method():
     m = compare.parse_method("onnx-180/hnsw")
-    assert (m.model, m.image_size, m.index, m.embedding) == ("onnx", 180, "hnsw", "onnx-180")
+    assert (m.model, m.image_size, m.kind, m.embedding) == ("onnx", 180, "hnsw", "onnx-180")
+    assert m.name == "onnx-180/hnsw" and m.index is None and not m.available
     with pytest.raises(compare.MethodError, match="expected"):
         compare.parse_method("hnsw")
     with pytest.raises(compare.MethodError, match="not one of"):
@@ -58,11 +64,26 @@ def test_default_methods_take_in_new_backends(monkeypatch):
 
 
 def test_product_means_are_means_of_unit_pictures():
-    ids = encode([7, 7, 9], [0, 1, 0])
     v = np.array([[2.0, 0], [0, 3.0], [0, 1.0]], np.float32)
-    pids, means = compare.product_means(ids, v)
+    pids, means = product_means(np.array([7, 7, 9]), v)
     assert pids.tolist() == [7, 9]
     assert means.tolist() == [[0.5, 0.5], [0.0, 1.0]]
+    # pictures of a product apart: the same means, products in order of first picture
+    pids, means = product_means(np.array([9, 7, 7, 9]), np.vstack([v[2], v[0], v[1], v[2]]))
+    assert pids.tolist() == [9, 7] and means.tolist() == [[0.0, 1.0], [0.5, 0.5]]
+    # the comparison's product level is that mean, products ascending
+    got = compare.Vectors.from_pictures("e-1", encode([9, 7, 7], [0, 0, 1]), v[[2, 0, 1]])
+    assert got.product_ids.tolist() == [7, 9]
+    assert got.product_vectors.tolist() == [[0.5, 0.5], [0.0, 1.0]]
+
+
+def test_category_frame_reads_the_catalogue_protocol():
+    cat, v = _data(n_products=12)
+    frame = compare.category_frame(cat, v.product_ids[:4])
+    assert frame.columns.tolist() == ["product_id", "category_id", "level1", "category"]
+    assert frame["category_id"].tolist() == [500, 501, 502, 503]
+    assert frame["level1"].tolist() == ["A", "A", "A", "B"]
+    assert frame["category"].tolist() == ["cat0", "cat1", "cat2", "cat3"]
 
 
 def test_compare_every_index_and_skip(tmp_path):
@@ -102,9 +123,13 @@ def test_compare_every_index_and_skip(tmp_path):
     assert "chance" in doc["advice"] and doc["settings"]["n_products"] == 300
     text = compare.advice(run.table, run.settings)
     assert "precision@10" in text and "Not measured here: " in text and "nope-224/exact (" in text
-    for fig in (compare_plots.plot_precision(run.table), compare_plots.plot_recall_qps(run),
-                compare_plots.plot_cost(run.table)):
+    for fig in (compare_plots.plot_precision(run.table), compare_plots.plot_cost(run.table)):
         assert fig.axes
+    points = run.single_points()
+    assert set(points) == set(ok.index) - set(run.sweeps) and "onnx-224/exact" in points
+    assert points["onnx-224/exact"][0] == 1.0
+    ax = sweep.plot_recall_qps(run.sweeps, k=10, points=points)
+    assert len(ax.get_legend().get_texts()) == len(ok)  # a line per sweep, a point per other
 
     class Images:  # pictures by product id, as helpers.gallery.ProductImages
         def image(self, product_id, image_index=None):
@@ -117,6 +142,47 @@ def test_compare_every_index_and_skip(tmp_path):
     assert len(fig.axes) == len(run.results) * 5  # a row per method: query + 4
     assert compare_plots.category_gallery(run, Images(), 500, k=4) is not None
     assert compare_plots.category_gallery(run, Images(), 999) is None  # no such category
+
+
+def test_knob_sweep_restores_the_knob_and_leaves_the_query_out():
+    from helpers.index import build_index
+
+    _, v = _data()
+    ids, vecs = v.product_ids, v.product_vectors
+    hnsw = build_index("faiss", vecs, ids, factory="HNSW32")
+    truth = build_index("exact", vecs, ids).search(vecs, 5).ids
+    before = hnsw.params["efSearch"]
+    t = sweep.knob_sweep(hnsw, "efSearch", [8, 64], vecs, truth, 5)
+    assert t.columns.tolist() == ["knob", "value", "recall", "qps"]
+    assert t["value"].tolist() == [8, 64] and (t["knob"] == "efSearch").all()
+    assert t["recall"].iloc[-1] >= t["recall"].iloc[0] and (t["qps"] > 0).all()
+    assert hnsw.params["efSearch"] == before
+    # leaving each query out of its own results, as the comparison does
+    exact = build_index("exact", vecs, ids).search(vecs, 6)
+    from helpers.evaluate.metrics import drop_self
+
+    truth_out = drop_self(np.asarray(exact.ids), np.asarray(exact.scores), ids)[0][:, :5]
+    t = sweep.knob_sweep(hnsw, "efSearch", [256], vecs, truth_out, 5, query_ids=ids,
+                         repeat=None)
+    assert t["recall"].iloc[0] > 0.95
+    ax = sweep.plot_recall_qps({"HNSW32": t}, exact_qps=1000.0, k=5, title="t")
+    assert ax.get_title() == "t"
+
+
+def test_footprint_of_a_saved_index(tmp_path):
+    import sys
+
+    from helpers.index import build_index
+
+    # 5 MB of vectors: numpy maps big arrays afresh, so loading them shows in the RSS
+    vecs = np.random.default_rng(0).normal(size=(20_000, 64)).astype(np.float32)
+    path = build_index("exact", vecs, np.arange(len(vecs))).save(tmp_path / "exact")
+    assert footprint.disk_bytes(path) >= vecs.nbytes
+    if not sys.platform.startswith("linux"):
+        return
+    got = footprint.resident_bytes(path, vecs[:20], 5)  # python -m, a child process
+    assert got > 0.5 * vecs.nbytes
+    assert not list(tmp_path.glob(".*.queries.npy"))  # the child's input, removed
 
 
 def _outputs(path):

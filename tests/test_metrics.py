@@ -75,6 +75,21 @@ def test_measure_qps(monkeypatch):
     assert qps == pytest.approx(5000)  # 50 queries in the best run's 10 ms
 
 
+@pytest.mark.parametrize(("once", "runs"), [(0.001, 300), (0.04, 7), (1.0, 3), (1e-7, 50)])
+def test_batch_qps_repeats_to_fill_its_budget(monkeypatch, once, runs):
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(metrics_module, "time", clock)
+
+    def search(q):
+        calls.append(len(q))
+        clock.now += once
+
+    qps = metrics_module.batch_qps(search, np.zeros((40, 4)), budget_s=0.3)
+    # the first run warms up and times one batch: 3 to 50 timed runs fill 0.3 s
+    assert len(calls) == 1 + min(50, max(3, runs))
+    assert qps == pytest.approx(40 / once)
+
+
 # -- retrieval metrics of 06_compare, on hand-computed cases -----------------------------------
 
 def test_drop_self_shifts_and_pads():

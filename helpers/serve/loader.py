@@ -36,6 +36,7 @@ import numpy as np
 from helpers.catalogue.image_source import BsonImageSource, ImageSource
 from helpers.catalogue.protocol import Catalogue, open_catalogue
 from helpers.core.paths import RUNS_DIR, SAMPLE_DIR
+from helpers.evaluate.method import Method
 
 log = logging.getLogger(__name__)
 
@@ -71,33 +72,6 @@ class ArtifactMissing(RuntimeError):
 
 
 @dataclass
-class Method:
-    """One search method: its index and the vectors that stand for a product in queries."""
-
-    name: str
-    index: Any = None  # a helpers.index VectorIndex
-    store: Any = None  # helpers.vectors.store.VectorStore the index was built from
-    reason: str | None = None  # why it is unavailable (None: available)
-    upload: bool = False  # can a new photo be searched (its vectors come from ONNX)?
-
-    @property
-    def label(self) -> str:
-        return METHOD_LABELS.get(self.name, self.name)
-
-    @property
-    def available(self) -> bool:
-        return self.reason is None and self.index is not None
-
-    @property
-    def level(self) -> str:
-        return self.store.made_by.get("level", "product") if self.store is not None else "product"
-
-    @property
-    def image_size(self) -> int:
-        return int(self.store.made_by.get("image_size", 224))
-
-
-@dataclass
 class Artifacts:
     """Everything a visual-search app serves, opened once per process."""
 
@@ -123,6 +97,11 @@ class Artifacts:
 
     def close(self) -> None:
         self.images.close()
+
+
+def _method(name: str, **kw: Any) -> Method:
+    """An app's search method, labelled for people (one Method class: helpers.evaluate)."""
+    return Method(name, label=METHOD_LABELS.get(name, name), **kw)
 
 
 # -- finding artifacts ------------------------------------------------------------------------
@@ -321,15 +300,15 @@ def _open_store(root: Path, model_prefix: str, fingerprint: str) -> Any:
 def _style_method(root: Path, catalogue: Catalogue, fingerprint: str) -> Method:
     store = _open_store(root, STYLE_MODEL, fingerprint)
     if store is None or len(store) == 0:
-        return Method("style", reason=f"no VGG16 style vectors: build them with "
-                                      f"`{BUILD['style']}`")
+        return _method("style", reason=f"no VGG16 style vectors: build them with "
+                                       f"`{BUILD['style']}`")
     from helpers.index import build_index
 
     # Exact cosine over the style vectors: a normalised copy, the notebooks' "02" search.
     cats = catalogue.category_ids(store.product_ids)
     index = build_index("exact", np.asarray(store.vectors), store.item_ids, cats,
                         source=store.made_by)
-    return Method("style", index=index, store=store, upload=False)
+    return _method("style", index=index, store=store, upload=False)
 
 
 def _index_method(root: Path, name: str, features: Any) -> Method:
@@ -338,16 +317,16 @@ def _index_method(root: Path, name: str, features: Any) -> Method:
     try:
         METHODS[name]  # imports the engine's module (a Mapping's `in` would too)
     except KeyError:
-        return Method(name, reason=f"the {name} engine is not part of this version")
+        return _method(name, reason=f"the {name} engine is not part of this version")
     except ImportError as exc:  # a slim deploy without that engine's client library
-        return Method(name, reason=f"the {name} engine needs the Python package "
-                                   f"{exc.name!r}: pip install it to serve {name}")
+        return _method(name, reason=f"the {name} engine needs the Python package "
+                                    f"{exc.name!r}: pip install it to serve {name}")
     if features is None:
-        return Method(name, reason=f"no MobileNetV2 vectors: build them with "
-                                   f"`{BUILD['vectors']}`")
+        return _method(name, reason=f"no MobileNetV2 vectors: build them with "
+                                    f"`{BUILD['vectors']}`")
     folders = find_indexes(root, name, features.made_by)
     if not folders:
-        return Method(name, reason=f"no {name} index: build it with `{BUILD.get(name, '')}`")
+        return _method(name, reason=f"no {name} index: build it with `{BUILD.get(name, '')}`")
     errors = []
     for folder in folders:
         try:
@@ -358,10 +337,10 @@ def _index_method(root: Path, name: str, features: Any) -> Method:
                 # An app runs one query per request, many requests at once: OpenMP threads
                 # per query only contend (a single-query search gets ~8x slower on 2 cores).
                 faiss.omp_set_num_threads(1)
-            return Method(name, index=index, store=features, upload=True)
+            return _method(name, index=index, store=features, upload=True)
         except Exception as exc:  # noqa: BLE001 - a node down, a damaged file: try the next
             errors.append(f"{folder.name}: {type(exc).__name__}: {exc}")
-    return Method(name, reason=f"{name} index could not be opened ({'; '.join(errors)[:300]})")
+    return _method(name, reason=f"{name} index could not be opened ({'; '.join(errors)[:300]})")
 
 
 # -- building a small serving set (tests, a PaaS release step) ------------------------------

@@ -40,6 +40,7 @@ from helpers.core.ids import LEVELS
 from helpers.ingest.jpeg import ImageError, decode_image, to_float
 
 __all__ = ["catalogue_fingerprint", "embed_catalogue", "embed_files"]
+from helpers.vectors.means import product_means
 from helpers.vectors.sharded import MANIFEST as SHARDS_MANIFEST
 from helpers.vectors.sharded import ShardedVectorStore
 from helpers.vectors.store import (
@@ -174,17 +175,6 @@ def _prefetch(it: Iterator[_Batch], depth: int = 2) -> Iterator[_Batch]:
     finally:
         stop.set()
         t.join()
-
-
-def _product_means(vecs: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of each product's L2-normalised image vectors (products stay in order)."""
-    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    uniq, start = np.unique(pids, return_index=True)
-    order = np.argsort(start)
-    uniq, start = uniq[order], start[order]
-    sums = np.add.reduceat(unit, start, axis=0)
-    counts = np.diff(np.append(start, len(pids)))
-    return (sums / counts[:, None]).astype(np.float32), uniq
 
 
 # A full disk (or quota, or file size limit) while writing the store.
@@ -340,7 +330,7 @@ def _write_batch(writer: VectorWriter, out_dir: Path, level: str, b: _Batch,
         writer.append(np.zeros((0, writer.meta["dim"])), [], [], b.next_row,
                       failed_images=len(b.failures))
     elif level == "product":
-        means, pids = _product_means(vecs, b.product_ids)
+        pids, means = product_means(b.product_ids, vecs)
         writer.append(means, pids, np.full(len(pids), -1), b.next_row,
                       images=len(vecs), failed_images=len(b.failures))
     else:

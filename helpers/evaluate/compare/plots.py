@@ -1,11 +1,14 @@
 """Plots and galleries of a comparison (``helpers.evaluate.compare.Comparison``), for 06.
 
-    from helpers import compare_plots as cp
+    from helpers.evaluate.compare import plots as cp
     cp.plot_precision(run.table)       # precision@k bars, chance and best-possible lines
-    cp.plot_recall_qps(run)            # ann-benchmarks style, Pareto frontier per method
     cp.plot_cost(run.table)            # build time, size on disk, resident memory
     cp.plot_galleries(run, images, product_id)   # one query under every method
     cp.category_gallery(run, images, category_id)
+
+Recall against QPS, the sweeps beside the exact methods' single points:
+``helpers.evaluate.sweep.plot_recall_qps(run.sweeps, k=k, points=run.single_points())``.
+Imports matplotlib and helpers.evaluate.compare.report; helpers.gallery for a gallery.
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from helpers.evaluate.compare import Comparison, best_method
-from helpers.evaluate.metrics import pareto_frontier
+from helpers.evaluate.compare.report import Comparison, best_method
 
 
 def plot_precision(table: pd.DataFrame, ks: Sequence[int] = (5, 10)) -> plt.Figure:
@@ -44,34 +46,6 @@ def plot_precision(table: pd.DataFrame, ks: Sequence[int] = (5, 10)) -> plt.Figu
         ax.legend(fontsize=8, loc="lower right")
     axes[0].set_yticks(y + h * (len(ks) - 1) / 2, ok["method"])
     axes[0].invert_yaxis()
-    fig.tight_layout()
-    return fig
-
-
-def plot_recall_qps(comparison: Comparison) -> plt.Figure:
-    """ann-benchmarks style: recall@k on x, QPS on a log y axis, one Pareto frontier per
-    method over its speed knob; exact methods are single points at recall 1."""
-    k = comparison.settings["k"]
-    t = comparison.table[comparison.table["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in t.itertuples():
-        sw = comparison.sweeps.get(r.method)
-        if sw is None or sw.empty:
-            ax.plot([t.loc[r.Index, f"recall@{k}"]], [r.qps], marker="s", ls="none",
-                    label=r.method)
-            continue
-        front = sw.iloc[pareto_frontier(sw["recall"], sw["qps"])]
-        line, = ax.plot(front["recall"], front["qps"], marker="o", label=f"{r.method} "
-                        f"({sw['knob'].iloc[0]})")
-        ax.plot(sw["recall"], sw["qps"], ls="none", marker=".", color=line.get_color(),
-                alpha=0.4)
-    ax.set_yscale("log")
-    ax.set_xlabel(f"recall@{k} (vs exact search on the same vectors)")
-    ax.set_ylabel("queries per second (batch, log)")
-    ax.set_title(f"recall vs speed, {comparison.settings['n_products']:,} products "
-                 "(up and right is better)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
 
@@ -121,7 +95,6 @@ def plot_galleries(comparison: Comparison, images: Any, query_id: int,
                  "method (red score: another category)", fontsize=9)
     fig.tight_layout(rect=(0.08, 0, 1, 0.97))
     return fig
-
 
 
 def category_gallery(comparison: Comparison, images: Any, category_id: int,
