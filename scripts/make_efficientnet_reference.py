@@ -5,7 +5,7 @@ Run once, in a throwaway environment (never the project's: torch is not a depend
     python3 -m venv /tmp/torchenv
     /tmp/torchenv/bin/pip install torch scikit-image pillow
     /tmp/torchenv/bin/pip install --no-deps efficientnet-lite-pytorch==0.1.0
-    W=$(.venv/bin/python -c "from helpers.models import efficientnet_lite as e; \\
+    W=$(.venv/bin/python -c "from helpers.models.nets import efficientnet_lite as e; \\
         print(e.checkpoint_path())")
     /tmp/torchenv/bin/python scripts/make_efficientnet_reference.py --weights "$W"
 

@@ -60,7 +60,7 @@ class Tiny:
 CHILD = textwrap.dedent('''
     import json, os, signal, sys, threading, time
     import numpy as np
-    from helpers import catalogue as cat
+    from helpers.ingest import scan as cat
     from helpers.vectors.embed import embed_catalogue
     {tiny}
     job, args = sys.argv[1], json.loads(sys.argv[2])
@@ -280,7 +280,7 @@ def test_disk_full_while_embedding_keeps_the_store_resumable(damaged, damaged_ca
 
 RLIMITED = textwrap.dedent('''
     import resource, signal, sys
-    from helpers import catalogue as cat
+    from helpers.ingest import scan as cat
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
     limit = int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
