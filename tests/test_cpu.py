@@ -35,3 +35,18 @@ def test_this_machine_is_read():
     assert info.cores >= 1 and info.model and str(info)
     assert info.flags <= {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
                           "amx_tile", "amx_bf16", "amx_int8"}
+
+
+def test_recall_qps_plot_names_the_cpu():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from helpers.evaluate.sweep import plot_recall_qps
+
+    t = pd.DataFrame({"knob": ["nprobe"] * 2, "value": [1, 4], "recall": [0.5, 0.9],
+                      "qps": [1000.0, 300.0]})
+    ax = plot_recall_qps({"ivf": t}, exact_qps=100.0)
+    texts = [x.get_text() for x in ax.texts]
+    assert f"measured on {cpu_info()}" in texts

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from helpers.core.cpu import cpu_info
 from helpers.evaluate.metrics import (
     TIE_SLACK,
     batch_qps,
@@ -94,7 +95,8 @@ def plot_recall_qps(sweeps: Mapping[str, pd.DataFrame], exact_qps: float | None 
     sweeps: method -> `knob_sweep` table; a line joins its Pareto-optimal settings (no
     other setting both faster and more accurate), the others are faint dots, each labelled
     with its knob value. points: method -> (recall, qps) of methods without a knob (exact
-    search: recall 1). exact_qps: a horizontal line at the QPS of exact search.
+    search: recall 1). exact_qps: a horizontal line at the QPS of exact search. The CPU
+    (model and instruction sets, helpers.core.cpu) is written in the figure's corner.
     """
     import matplotlib.pyplot as plt
 
@@ -118,6 +120,9 @@ def plot_recall_qps(sweeps: Mapping[str, pd.DataFrame], exact_qps: float | None 
     ax.set_yscale("log")
     ax.set_xlabel(f"recall@{k} (vs exact search on the same vectors)")
     ax.set_ylabel("queries per second (batch, log)")
+    # Speed depends on the instruction sets (AVX2 vs AVX-512...): the figure names its CPU.
+    ax.annotate(f"measured on {cpu_info()}", (0, 0), xycoords="figure fraction",
+                xytext=(4, 2), textcoords="offset points", fontsize=6, color="grey")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3, which="both")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.catalogue.protocol import Catalogue
+from helpers.core.cpu import cpu_info
 from helpers.evaluate.compare.inputs import (
     CATEGORY_COLUMNS,
     Vectors,
@@ -135,7 +136,8 @@ def compare(
         rows.append(row)
 
     table = pd.DataFrame(rows)
-    settings = {"methods": list(methods), "ks": list(ks), "k": k, "n_queries": n_queries,
+    settings = {"cpu": str(cpu_info()), "methods": list(methods), "ks": list(ks), "k": k,
+                "n_queries": n_queries,
                 "seed": seed, "images": str(getattr(images, "path", images)),
                 "n_products": int(len(cats)) if cats is not None else 0,
                 "n_pictures": int(max((len(v.image_ids) for v in vecs.values()
