@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -45,13 +46,20 @@ from .images import (
     decode_image,
     too_large,
 )
-from .products import catalogue_fingerprint
+from .products import catalogue_fingerprint, usable_counts
+
+log = logging.getLogger(__name__)
 
 CATALOGUE = "catalogue.parquet"
 REJECTS = "rejects.csv"
 META = "catalogue.json"
 WORK = "_work"
-FORMAT_VERSION = 1
+# 2: n_images counts every picture of the document (1 counted the good ones only, while
+# bad_images held document indexes: a good picture after a bad one was lost).
+FORMAT_VERSION = 2
+# What rebuilds a catalogue (named when an old one is refused).
+REBUILD = ("build_catalogue(...) again (it rebuilds an older format), or for a run's "
+           "artifacts `make demo` / `python run_all.py --only 01`")
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # tests lower it to split small files
 LEVELS = ["category_level1", "category_level2", "category_level3"]
 REJECT_COLUMNS = ["kind", "offset", "length", "product_id", "image_index", "reason", "detail"]
@@ -64,8 +72,8 @@ SCHEMA = pa.schema(
     [
         ("product_id", pa.int64()),
         ("category_id", pa.int64()),  # null in test.bson, which has no labels
-        ("n_images", pa.int16()),
-        ("bad_images", pa.list_(pa.int16())),  # indices of unusable pictures, usually []
+        ("n_images", pa.int16()),  # every picture of the document, bad ones included
+        ("bad_images", pa.list_(pa.int16())),  # their indexes in the document, usually []
         ("offset", pa.int64()),
         ("length", pa.int32()),
     ]
@@ -229,7 +237,7 @@ def _check_product(
     c = part.cols
     c["product_id"].append(pid)
     c["category_id"].append(cat)
-    c["n_images"].append(len(imgs) - len(bad))
+    c["n_images"].append(len(imgs))
     c["bad_images"].append(bad)
     c["offset"].append(off)
     c["length"].append(length)
@@ -361,7 +369,8 @@ def build_catalogue(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not force and (out_dir / META).exists():
         meta = load_meta(out_dir)
-        if meta["source"] == source and meta["params"] == params:
+        if meta["source"] == source and meta["params"] == params and \
+                meta.get("format_version") == FORMAT_VERSION:  # an older format is rebuilt
             return CatalogueSummary(**meta["summary"])
     t0 = time.perf_counter()
     work = out_dir / WORK
@@ -398,8 +407,13 @@ def _plan(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
           resume: bool) -> dict:
     """The byte ranges of this run: an interrupted run's plan, or a new one."""
     path = work / "plan.json"
-    if resume and path.exists():
-        plan = artifacts.read_json(path)
+    plan = artifacts.read_json(path) if resume and path.exists() else None
+    if plan is not None and plan.get("format_version", 1) != FORMAT_VERSION:
+        # Part files of an older format cannot join this one's: scan again.
+        log.warning("%s: interrupted run of catalogue format %s, starting over",
+                    work, plan.get("format_version", 1))
+        plan = None
+    if plan is not None:
         if plan["source"] == source and plan["params"] == params:
             return plan
         raise CatalogueError(
@@ -419,6 +433,7 @@ def _plan(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
                  if params["skip"] else 0)
         offsets = [start, source["size"]]
     plan = {"source": source, "params": params, "seconds": 0.0,
+            "format_version": FORMAT_VERSION,
             "ranges": [[a, b] for a, b in zip(offsets, offsets[1:], strict=False)]
             or [[0, 0]]}
     _write_json(path, plan)
@@ -522,7 +537,7 @@ def _finalize(out_dir: Path, plan: dict, states: list[dict],
         products_kept=len(df),
         products_rejected=len(product_rejects),
         images_in=sum(st["images_in"] for st in states),
-        images_kept=int(df["n_images"].sum()),
+        images_kept=int(usable_counts(df).sum()),
         bad_images=int((rej["kind"] == "image").sum()),
         categories=int(df["category_id"].nunique()),
         rejects_by_reason={k: int(v) for k, v in rej["reason"].value_counts().items()},
@@ -548,11 +563,24 @@ def _finalize(out_dir: Path, plan: dict, states: list[dict],
 
 
 def load_catalogue(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """The catalogue written by ``build_catalogue`` (checks it is complete)."""
+    """The catalogue written by ``build_catalogue`` (checks it is complete and of this
+    version's format)."""
     out_dir = Path(out_dir)
     if not (out_dir / META).exists():
         raise CatalogueError(f"no finished catalogue in {out_dir} (run build_catalogue first)")
+    check_format(out_dir)
     return pd.read_parquet(out_dir / CATALOGUE)
+
+
+def check_format(out_dir: str | os.PathLike) -> None:
+    """CatalogueError, naming the rebuild command, for a catalogue of another format: read
+    as this version's, its picture counts would be wrong, not refused."""
+    version = load_meta(out_dir).get("format_version")
+    if version != FORMAT_VERSION:
+        raise CatalogueError(
+            f"{out_dir} holds a catalogue of format {version}; this version reads format "
+            f"{FORMAT_VERSION} (n_images now counts every picture, bad ones included). "
+            f"Rebuild it: {REBUILD}")
 
 
 def load_meta(out_dir: str | os.PathLike) -> dict:
@@ -573,8 +601,8 @@ def categories_of(df: pd.DataFrame, product_ids: np.ndarray) -> np.ndarray:
 def category_counts(df: pd.DataFrame, level: str = "category_level3") -> pd.DataFrame:
     """Products and images per category, largest first."""
     keys = ["category_id", *LEVELS] if level == "category_level3" else [level]
-    out = df.groupby(keys, dropna=False).agg(products=("product_id", "size"),
-                                             images=("n_images", "sum"))
+    out = df.assign(usable=usable_counts(df)).groupby(keys, dropna=False).agg(
+        products=("product_id", "size"), images=("usable", "sum"))
     return out.sort_values("products", ascending=False).reset_index()
 
 
@@ -606,7 +634,7 @@ def export_jpegs(
     out_dir = Path(out_dir)
     cats = dict(zip(df["product_id"], df["category_id"], strict=True))
     n = 0
-    total = int(df["n_images"].sum())
+    total = int(usable_counts(df).sum())
     for pid, i, pic in tqdm(iter_images(df, bson_path), total=total, desc="export",
                             disable=not progress):
         folder = out_dir / str(cats[pid]) if by_category else out_dir

@@ -31,7 +31,13 @@ from tqdm.auto import tqdm
 from . import artifacts
 from .image_source import BsonImageSource, ImageSource
 from .images import ImageError, decode_image, to_float
-from .products import Catalogue, ParquetCatalogue, catalogue_fingerprint, iter_products
+from .products import (
+    Catalogue,
+    ParquetCatalogue,
+    catalogue_fingerprint,
+    iter_products,
+    usable_counts,
+)
 
 __all__ = ["catalogue_fingerprint", "embed_catalogue", "embed_files"]
 from .vectors import LEVELS, VectorStore, VectorStoreError, VectorWriter, read_meta
@@ -302,8 +308,8 @@ def _images_from(catalogue: Catalogue, start: int) -> int:
     """Pictures from catalogue position ``start`` on (for the progress bar)."""
     df = getattr(catalogue, "df", None)
     if df is not None:
-        return int(df["n_images"].iloc[start:].sum())
-    return sum(p.n_images for p in iter_products(catalogue, start))
+        return int(usable_counts(df.iloc[start:]).sum())
+    return sum(p.n_usable for p in iter_products(catalogue, start))
 
 
 def _write_batch(writer: VectorWriter, out_dir: Path, level: str, b: _Batch,

@@ -37,13 +37,18 @@ class UnknownProductError(KeyError):
 
 @dataclass(frozen=True)
 class Product:
-    """One catalogue product. ``offset``/``length`` locate its document in the image source."""
+    """One catalogue product. ``offset``/``length`` locate its document in the image source.
+
+    ``n_images`` counts every picture of the document, bad ones included, and
+    ``bad_images`` lists the indexes of those left out: a picture keeps its index in the
+    document everywhere (image ids, JPEG file names, picture URLs).
+    """
 
     product_id: int
     category_id: int | None
     category_path: CategoryPath | None  # level 1, 2, 3 names (None: category not in the CSV)
-    n_images: int
-    bad_images: tuple[int, ...] = ()
+    n_images: int  # pictures in the document, bad ones included
+    bad_images: tuple[int, ...] = ()  # their indexes in the document
     offset: int = -1
     length: int = -1
 
@@ -52,6 +57,11 @@ class Product:
         """Indexes of the pictures that passed the catalogue's checks."""
         bad = set(self.bad_images)
         return [i for i in range(self.n_images) if i not in bad]
+
+    @property
+    def n_usable(self) -> int:
+        """How many pictures passed the catalogue's checks."""
+        return self.n_images - len(set(self.bad_images))
 
     @property
     def label(self) -> str:
@@ -101,6 +111,12 @@ def catalogue_fingerprint(catalogue: pd.DataFrame) -> str:
     h = hashlib.sha256(catalogue["product_id"].to_numpy(np.int64).tobytes())
     h.update(catalogue["offset"].to_numpy(np.int64).tobytes())
     return h.hexdigest()[:16]
+
+
+def usable_counts(catalogue: pd.DataFrame) -> np.ndarray:
+    """Usable pictures of each catalogue row: its pictures less the bad ones."""
+    bad = catalogue["bad_images"].map(lambda b: 0 if b is None else len(b))
+    return catalogue["n_images"].to_numpy(np.int64) - bad.to_numpy(np.int64)
 
 
 def iter_products(catalogue: Catalogue, start: int = 0,

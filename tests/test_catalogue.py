@@ -14,6 +14,7 @@ from PIL import Image
 
 from helpers import bson_store
 from helpers import catalogue as cat
+from helpers.products import ParquetCatalogue
 
 
 def _docs(path: Path) -> list[dict]:
@@ -128,9 +129,10 @@ def test_damage_is_counted_never_fatal(broken, real_categories, tmp_path):
     assert kept["category_id"] == expect["real"][1]["category_id"]
     assert kept["n_images"] == len(expect["real"][1]["imgs"])
     assert f"already at offset {first_offset}" in dup["detail"].iloc[0]
-    # the partly bad product is kept with its good picture only
+    # the partly bad product is kept: both pictures counted, the bad one's index listed
     row = df.set_index("product_id").loc[X + 2]
-    assert row["n_images"] == 1 and list(row["bad_images"]) == [1]
+    assert row["n_images"] == 2 and list(row["bad_images"]) == [1]
+    assert ParquetCatalogue(df).product(X + 2).usable_images == [0]
     img = rej[(rej.kind == "image") & (rej.product_id == X + 2)]
     assert img["image_index"].tolist() == [1] and "not a JPEG" in img["detail"].iloc[0]
     # the garbage region is named by its offset and size, the truncated tail likewise

@@ -328,6 +328,8 @@ def test_picture_over_the_limit_is_refused_and_counted(tmp_path, verify):
                             verify_images=verify, max_image_side=512)
     df = cat.load_catalogue(tmp_path / "out").set_index("product_id")
     assert list(df.loc[501, "bad_images"]) == [0]  # kept with its other pictures
+    assert df.loc[501, "n_images"] == len(mixed["imgs"])  # every picture, the bad one too
+    assert s.images_kept == len(doc["imgs"]) + len(bson.decode(DOCS[1])["imgs"])
     assert 502 not in df.index
     assert s.rejects_by_reason == {"image_too_large": 2, "no_valid_image": 1}
     rej = cat.load_rejects(tmp_path / "out")
