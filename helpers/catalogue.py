@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from . import artifacts, bson_store
 from .bson_store import MAX_DOC
+from .ids import IMAGE_ID_BASE, MAX_PRODUCT_ID
 from .images import (
     JPEG_EOI,
     JPEG_SOI,
@@ -67,6 +68,8 @@ REJECT_COLUMNS = ["kind", "offset", "length", "product_id", "image_index", "reas
 _INTS = (int, Int64)
 # n_images is an int16 column: a product claiming more pictures is refused, not a crash.
 MAX_IMAGES = 2**15 - 1
+# The image-id codec (helpers.ids) is the one source of the id and picture-index limits:
+# what it cannot pack is left out here, not found when a store is opened after embedding.
 
 SCHEMA = pa.schema(
     [
@@ -197,6 +200,10 @@ def _check_product(
     if type(pid) not in _INTS:
         part.reject("product", off, length, None, None, "bad_id", f"_id is {_short(pid)}")
         return
+    if not 0 <= pid <= MAX_PRODUCT_ID:
+        part.reject("product", off, length, pid, None, "bad_id",
+                    f"_id {pid} is outside [0, {MAX_PRODUCT_ID}], what image ids can pack")
+        return
     imgs = doc.get("imgs")
     if type(imgs) is not list or not imgs:
         part.reject("product", off, length, pid, None, "no_images", f"imgs is {_short(imgs)}")
@@ -212,7 +219,11 @@ def _check_product(
                     f"category_id {_short(cat)}")
         return
     bad = []
-    for i, img in enumerate(imgs):
+    # Pictures past what an image id can index are left out, the product kept with the
+    # first IMAGE_ID_BASE: what a bad picture gets. Refusing the product would lose it
+    # from product-level search too, for pictures no image-level id can name.
+    over = len(imgs) > IMAGE_ID_BASE
+    for i, img in enumerate(imgs[:IMAGE_ID_BASE] if over else imgs):
         pic = img.get("picture") if type(img) is dict else None
         if (verify == "magic" and type(pic) is bytes and pic[:2] == JPEG_SOI
                 and pic[-2:] == JPEG_EOI and too_large(pic, max_side) is None):
@@ -231,6 +242,12 @@ def _check_product(
         if why is not None:
             bad.append(i)
             part.reject("image", off, length, pid, i, reason, why)
+    if over:
+        for i in range(IMAGE_ID_BASE, len(imgs)):
+            bad.append(i)
+            part.reject("image", off, length, pid, i, "image_over_limit",
+                        f"picture {i} of {len(imgs):,}: image ids index at most "
+                        f"{IMAGE_ID_BASE} pictures a product")
     if len(bad) == len(imgs):
         part.reject("product", off, length, pid, None, "no_valid_image", f"all {len(imgs)} bad")
         return

@@ -10,10 +10,12 @@ from pathlib import Path
 import bson
 import pandas as pd
 import pytest
+from bson.int64 import Int64
 from PIL import Image
 
-from helpers import bson_store
+from helpers import bson_store, ids
 from helpers import catalogue as cat
+from helpers.embed import embed_catalogue
 from helpers.products import ParquetCatalogue
 
 
@@ -168,6 +170,40 @@ def test_reader_resyncs_whatever_the_chunk_size(broken, chunk):
     recs = list(bson_store.iter_records(path, chunk_size=chunk))
     assert len(recs) == 18
     assert [r.error is None for r in recs].count(False) == 2  # garbage + truncated tail
+
+
+def test_what_image_ids_cannot_pack_is_left_out_at_ingest(tmp_path):
+    """The catalogue takes only what helpers.ids can encode, so an image-level embedding
+    of it never fails when its store is opened (12 hours later, on train.bson)."""
+    pic = {"picture": _jpeg()}
+    many = ids.IMAGE_ID_BASE + 2
+    docs = [{"_id": 1, "imgs": [pic]},
+            {"_id": ids.MAX_PRODUCT_ID, "imgs": [pic]},  # the largest id that packs
+            {"_id": Int64(ids.MAX_PRODUCT_ID + 1), "imgs": [pic]},
+            {"_id": -3, "imgs": [pic]},
+            {"_id": 2, "imgs": [pic] * many}]
+    path = tmp_path / "limits.bson"
+    path.write_bytes(b"".join(bson.encode(d) for d in docs))
+    s = cat.build_catalogue(path, tmp_path / "out", progress=False)
+    df = cat.load_catalogue(tmp_path / "out").set_index("product_id")
+    rej = cat.load_rejects(tmp_path / "out")
+    assert sorted(df.index) == [1, 2, ids.MAX_PRODUCT_ID]
+    bad_id = rej[rej.reason == "bad_id"]
+    assert sorted(bad_id["product_id"]) == [-3, ids.MAX_PRODUCT_ID + 1]
+    assert bad_id["detail"].str.contains("outside").all()
+    # the product is kept with the pictures an image id can index; the others are named
+    assert df.loc[2, "n_images"] == many
+    assert list(df.loc[2, "bad_images"]) == [ids.IMAGE_ID_BASE, ids.IMAGE_ID_BASE + 1]
+    over = rej[rej.reason == "image_over_limit"]
+    assert over["image_index"].tolist() == [ids.IMAGE_ID_BASE, ids.IMAGE_ID_BASE + 1]
+    assert (over["kind"] == "image").all() and (over["product_id"] == 2).all()
+    assert s.rejects_by_reason == {"bad_id": 2, "image_over_limit": 2}
+    store = embed_catalogue(cat.load_catalogue(tmp_path / "out"), path,
+                            lambda b: b.reshape(len(b), -1).mean(1, keepdims=True) + 1.0,
+                            tmp_path / "vectors", image_size=16, level="image",
+                            progress=False)
+    assert len(store) == 2 + ids.IMAGE_ID_BASE
+    assert ids.decode(store.item_ids, "image")[1].max() == ids.IMAGE_ID_BASE - 1
 
 
 def test_not_bson_gets_one_clear_error(tmp_path):

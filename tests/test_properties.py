@@ -39,7 +39,7 @@ from helpers.paths import CDISCOUNT_DIR, SAMPLE_BSON
 
 REASONS = {"malformed", "truncated", "document_too_large", "bad_id", "no_images",
            "too_many_images", "unknown_category", "bad_image", "image_too_large",
-           "no_valid_image", "duplicate_id"}
+           "no_valid_image", "duplicate_id", "image_over_limit"}
 PRODUCT_KINDS = {"document", "product"}
 COMMON = settings(derandomize=True, database=None, deadline=None, print_blob=True,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
