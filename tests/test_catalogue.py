@@ -172,6 +172,54 @@ def test_reader_resyncs_whatever_the_chunk_size(broken, chunk):
     assert [r.error is None for r in recs].count(False) == 2  # garbage + truncated tail
 
 
+def _slots(path: Path, **kw) -> list[tuple]:
+    return [(r.offset, r.length, r.error is None) for r in bson_store.iter_records(path, **kw)]
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 4096, bson_store.CHUNK])
+@pytest.mark.parametrize("after", ["nothing", "the cut bytes"])
+def test_a_cut_document_does_not_swallow_the_next(real_bson, tmp_path, chunk, after):
+    """A document cut in its last 3 bytes still frames and decodes: its last field (an
+    int32 category id) takes the next document's length prefix, whose third byte is a
+    NUL. The next document was lost (tests/data/fuzz_regressions/README.md)."""
+    first, a, b, c = (bson.encode(d) for d in _docs(real_bson)[:4])
+    assert bson.decode(a[:-3] + b[:3])  # the cut frame decodes: the case at stake
+    cut = first + a[:-3] + b + (a[-3:] if after == "the cut bytes" else b"") + c
+    path = tmp_path / "cut.bson"
+    path.write_bytes(cut)
+    slots = _slots(path, chunk_size=chunk)
+    at_a, at_b, at_c = len(first), len(first) + len(a) - 3, len(cut) - len(c)
+    assert slots[1] == (at_a, at_b - at_a, False)  # the cut document, up to the next one
+    assert slots[2] == (at_b, len(b), True) and slots[-1] == (at_c, len(c), True)
+    cat.build_catalogue(path, tmp_path / "out", progress=False)
+    kept = set(cat.load_catalogue(tmp_path / "out")["product_id"])
+    assert kept == {bson.decode(d)["_id"] for d in (first, b, c)}
+    rej = cat.load_rejects(tmp_path / "out")
+    assert rej.loc[rej.offset == at_a, "reason"].tolist() == ["malformed"]
+    assert "runs into the document at offset" in rej.loc[rej.offset == at_a, "detail"].iloc[0]
+
+
+def test_known_limit_a_document_swallowed_whole(real_bson, tmp_path):
+    """What the reader still cannot see: a document cut by exactly the length of the one
+    that follows it. Its frame then ends where the next document starts, as a whole
+    document's does, and it decodes (the follower's last bytes -- array and document
+    ends, the category id -- have the layout of the ones they replace, and the rest
+    lands inside the cut document's picture). The follower is lost."""
+    docs = _docs(real_bson)
+    first, b, c = (bson.encode(d) for d in docs[:3])
+    big = b"\xff\xd8" + bytes(range(256)) * (len(b) // 256 + 2) + b"\xff\xd9"
+    a = bson.encode({"_id": X + 9, "imgs": [{"picture": big}],
+                     "category_id": docs[0]["category_id"]})
+    path = tmp_path / "swallowed.bson"
+    path.write_bytes(first + a[:-len(b)] + b + c)
+    n = len(first)
+    assert _slots(path) == [(0, n, True), (n, len(a), True), (n + len(a), len(c), True)]
+    s = cat.build_catalogue(path, tmp_path / "out", progress=False)
+    # and silently so: the cut picture now ends with the follower's JPEG end marker
+    kept = set(cat.load_catalogue(tmp_path / "out")["product_id"])
+    assert s.rejects_by_reason == {} and docs[1]["_id"] not in kept and X + 9 in kept
+
+
 def test_what_image_ids_cannot_pack_is_left_out_at_ingest(tmp_path):
     """The catalogue takes only what helpers.ids can encode, so an image-level embedding
     of it never fails when its store is opened (12 hours later, on train.bson)."""
