@@ -302,10 +302,13 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _flush(work: Path, index: int, part: _Part) -> None:
+    """Write one part's files, durably: the checkpoint written next counts them, so they
+    must outlive a power loss that the checkpoint outlives (atomic_write fsyncs)."""
     table = pa.table(part.cols, schema=SCHEMA)
-    pq.write_table(table, work / f"part-{index:05d}.parquet")
+    artifacts.atomic_write(work / f"part-{index:05d}.parquet",
+                           lambda t: pq.write_table(table, t))
     rej = pd.DataFrame(part.rejects, columns=REJECT_COLUMNS)
-    rej.to_parquet(work / f"rejects-{index:05d}.parquet")
+    artifacts.atomic_write(work / f"rejects-{index:05d}.parquet", rej.to_parquet)
 
 
 # A full disk (or quota, or file size limit) while writing.

@@ -351,9 +351,14 @@ def _trim_rejects(out_dir: Path, product_ids: np.ndarray) -> None:
 
 
 def _append_rejects(out_dir: Path, failures: Sequence[tuple[int, int, str]]) -> None:
+    """Append, fsynced: the meta.json written next moves the resume point past them."""
     path = out_dir / REJECTS
     df = pd.DataFrame(failures, columns=["product_id", "image_index", "reason"])
-    df.to_csv(path, mode="a", header=not path.exists(), index=False)
+    header = not path.exists()
+    with open(path, "a", encoding="utf-8", newline="") as f:
+        df.to_csv(f, header=header, index=False)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def embed_files(paths: Sequence[str | os.PathLike], extractor: Extractor,
