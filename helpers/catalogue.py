@@ -3,7 +3,8 @@
 One streaming pass writes, under ``out_dir``:
 
 - ``catalogue.parquet``: one row per product (id, category id and its three
-  level names, usable images, byte offset and length of the document);
+  level names, its pictures -- ``n_images`` counts all, ``bad_images`` lists the
+  indexes of those left out -- byte offset and length of the document);
 - ``rejects.csv``: every document, product or image left out, with its offset,
   product id, reason code and detail;
 - ``catalogue.json``: what made it (source file, parameters) and the counts.
