@@ -430,7 +430,7 @@ PAGE = """<!doctype html>
    {% if not product.images %}<div class="empty">no usable picture</div>{% endif %}</div>
   <div><h2 style="margin-top:0">Product {{ product.product_id }}</h2>
    <div class="path">{{ (product.category_path or ['unknown category']) | join(' › ') }}</div>
-   <div class="hint">{{ product.n_images }} picture(s)</div></div>
+   <div class="hint">{{ product.images | length }} picture(s)</div></div>
  </section>
  <h2>Looks like it</h2>
  {% if related %}

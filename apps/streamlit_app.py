@@ -179,7 +179,7 @@ def show_product(rel: Related, pid: int, method: str, k: int, work_dir: str | No
         st.subheader(f"Product {pid}")
         path = " › ".join(p.category_path) if p.category_path else "unknown category"
         st.markdown(f'<div class="vps-path">{escape(path)}</div>', unsafe_allow_html=True)
-        st.caption(f"{p.n_images} picture(s) · category {p.category_id}")
+        st.caption(f"{p.n_usable} picture(s) · category {p.category_id}")
         same = st.toggle("Same category only", key="same_category")
 
     st.subheader(f"Looks like it ({art.methods[method].label})")

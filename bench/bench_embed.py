@@ -42,6 +42,7 @@ from _report import row  # noqa: E402
 from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES  # noqa: E402
 from helpers.ingest.jpeg import decode_image  # noqa: E402
 from helpers.ingest.scan import build_catalogue, load_catalogue  # noqa: E402
+from helpers.ingest.schema import usable_counts  # noqa: E402
 from helpers.vectors import embed  # noqa: E402
 
 TRAIN_PICTURES = 12_371_293
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         tmp = Path(tmp_name)
         build_catalogue(bson_path, tmp / "catalogue", cats, progress=False)
         df = load_catalogue(tmp / "catalogue")
-        n = int(df["n_images"].sum())
+        n = int(usable_counts(df).sum())
         names = ", ".join(f"{b} ({m.precision})" for b, m in models.items())
         print(f"data: {args.data} ({bson_path.name}): {len(df)} products, {n} pictures, "
               f"{df['category_id'].nunique()} categories; {os.cpu_count()} CPUs; batch "

@@ -167,6 +167,30 @@ def test_index_save_is_atomic_as_a_set(tmp_path):
     assert not [p for p in path.iterdir() if p.name.startswith(".tmp")]
 
 
+def test_a_published_folder_is_synced_before_its_rename(tmp_path, monkeypatch):
+    """Engines write their own files, unsynced: the folder's publish syncs them, so a
+    version under its final name is whole after a power loss too."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name a descriptor's file")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))),
+        real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (
+        events.append(("rename", os.path.basename(b))), real_replace(a, b)))
+
+    def build(d):
+        (d / "engine.bin").write_bytes(b"index")  # as faiss.write_index would: no fsync
+        (d / "sub").mkdir()
+        (d / "sub" / "part.bin").write_bytes(b"part")
+
+    artifacts.publish_dir(tmp_path / "idx", build)
+    first_rename = events.index(("rename", "idx"))
+    synced = {name for kind, name in events[:first_rename] if kind == "fsync"}
+    assert {"engine.bin", "part.bin", "sub"} <= synced
+
+
 def test_index_versions_kept_are_bounded(tmp_path):
     v = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
     for _ in range(4):

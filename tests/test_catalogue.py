@@ -10,10 +10,14 @@ from pathlib import Path
 import bson
 import pandas as pd
 import pytest
+from bson.int64 import Int64
 from PIL import Image
 
+from helpers.catalogue.protocol import ParquetCatalogue
+from helpers.core import ids
 from helpers.ingest import bson_store
 from helpers.ingest import scan as cat
+from helpers.vectors.embed import embed_catalogue
 
 
 def _docs(path: Path) -> list[dict]:
@@ -128,9 +132,10 @@ def test_damage_is_counted_never_fatal(broken, real_categories, tmp_path):
     assert kept["category_id"] == expect["real"][1]["category_id"]
     assert kept["n_images"] == len(expect["real"][1]["imgs"])
     assert f"already at offset {first_offset}" in dup["detail"].iloc[0]
-    # the partly bad product is kept with its good picture only
+    # the partly bad product is kept: both pictures counted, the bad one's index listed
     row = df.set_index("product_id").loc[X + 2]
-    assert row["n_images"] == 1 and list(row["bad_images"]) == [1]
+    assert row["n_images"] == 2 and list(row["bad_images"]) == [1]
+    assert ParquetCatalogue(df).product(X + 2).usable_images == [0]
     img = rej[(rej.kind == "image") & (rej.product_id == X + 2)]
     assert img["image_index"].tolist() == [1] and "not a JPEG" in img["detail"].iloc[0]
     # the garbage region is named by its offset and size, the truncated tail likewise
@@ -166,6 +171,88 @@ def test_reader_resyncs_whatever_the_chunk_size(broken, chunk):
     recs = list(bson_store.iter_records(path, chunk_size=chunk))
     assert len(recs) == 18
     assert [r.error is None for r in recs].count(False) == 2  # garbage + truncated tail
+
+
+def _slots(path: Path, **kw) -> list[tuple]:
+    return [(r.offset, r.length, r.error is None) for r in bson_store.iter_records(path, **kw)]
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 4096, bson_store.CHUNK])
+@pytest.mark.parametrize("after", ["nothing", "the cut bytes"])
+def test_a_cut_document_does_not_swallow_the_next(real_bson, tmp_path, chunk, after):
+    """A document cut in its last 3 bytes still frames and decodes: its last field (an
+    int32 category id) takes the next document's length prefix, whose third byte is a
+    NUL. The next document was lost (tests/data/fuzz_regressions/README.md)."""
+    first, a, b, c = (bson.encode(d) for d in _docs(real_bson)[:4])
+    assert bson.decode(a[:-3] + b[:3])  # the cut frame decodes: the case at stake
+    cut = first + a[:-3] + b + (a[-3:] if after == "the cut bytes" else b"") + c
+    path = tmp_path / "cut.bson"
+    path.write_bytes(cut)
+    slots = _slots(path, chunk_size=chunk)
+    at_a, at_b, at_c = len(first), len(first) + len(a) - 3, len(cut) - len(c)
+    assert slots[1] == (at_a, at_b - at_a, False)  # the cut document, up to the next one
+    assert slots[2] == (at_b, len(b), True) and slots[-1] == (at_c, len(c), True)
+    cat.build_catalogue(path, tmp_path / "out", progress=False)
+    kept = set(cat.load_catalogue(tmp_path / "out")["product_id"])
+    assert kept == {bson.decode(d)["_id"] for d in (first, b, c)}
+    rej = cat.load_rejects(tmp_path / "out")
+    assert rej.loc[rej.offset == at_a, "reason"].tolist() == ["malformed"]
+    assert "runs into the document at offset" in rej.loc[rej.offset == at_a, "detail"].iloc[0]
+
+
+def test_known_limit_a_document_swallowed_whole(real_bson, tmp_path):
+    """What the reader still cannot see: a document cut by exactly the length of the one
+    that follows it. Its frame then ends where the next document starts, as a whole
+    document's does, and it decodes (the follower's last bytes -- array and document
+    ends, the category id -- have the layout of the ones they replace, and the rest
+    lands inside the cut document's picture). The follower is lost."""
+    docs = _docs(real_bson)
+    first, b, c = (bson.encode(d) for d in docs[:3])
+    big = b"\xff\xd8" + bytes(range(256)) * (len(b) // 256 + 2) + b"\xff\xd9"
+    a = bson.encode({"_id": X + 9, "imgs": [{"picture": big}],
+                     "category_id": docs[0]["category_id"]})
+    path = tmp_path / "swallowed.bson"
+    path.write_bytes(first + a[:-len(b)] + b + c)
+    n = len(first)
+    assert _slots(path) == [(0, n, True), (n, len(a), True), (n + len(a), len(c), True)]
+    s = cat.build_catalogue(path, tmp_path / "out", progress=False)
+    # and silently so: the cut picture now ends with the follower's JPEG end marker
+    kept = set(cat.load_catalogue(tmp_path / "out")["product_id"])
+    assert s.rejects_by_reason == {} and docs[1]["_id"] not in kept and X + 9 in kept
+
+
+def test_what_image_ids_cannot_pack_is_left_out_at_ingest(tmp_path):
+    """The catalogue takes only what helpers.core.ids can encode, so an image-level embedding
+    of it never fails when its store is opened (12 hours later, on train.bson)."""
+    pic = {"picture": _jpeg()}
+    many = ids.IMAGE_ID_BASE + 2
+    docs = [{"_id": 1, "imgs": [pic]},
+            {"_id": ids.MAX_PRODUCT_ID, "imgs": [pic]},  # the largest id that packs
+            {"_id": Int64(ids.MAX_PRODUCT_ID + 1), "imgs": [pic]},
+            {"_id": -3, "imgs": [pic]},
+            {"_id": 2, "imgs": [pic] * many}]
+    path = tmp_path / "limits.bson"
+    path.write_bytes(b"".join(bson.encode(d) for d in docs))
+    s = cat.build_catalogue(path, tmp_path / "out", progress=False)
+    df = cat.load_catalogue(tmp_path / "out").set_index("product_id")
+    rej = cat.load_rejects(tmp_path / "out")
+    assert sorted(df.index) == [1, 2, ids.MAX_PRODUCT_ID]
+    bad_id = rej[rej.reason == "bad_id"]
+    assert sorted(bad_id["product_id"]) == [-3, ids.MAX_PRODUCT_ID + 1]
+    assert bad_id["detail"].str.contains("outside").all()
+    # the product is kept with the pictures an image id can index; the others are named
+    assert df.loc[2, "n_images"] == many
+    assert list(df.loc[2, "bad_images"]) == [ids.IMAGE_ID_BASE, ids.IMAGE_ID_BASE + 1]
+    over = rej[rej.reason == "image_over_limit"]
+    assert over["image_index"].tolist() == [ids.IMAGE_ID_BASE, ids.IMAGE_ID_BASE + 1]
+    assert (over["kind"] == "image").all() and (over["product_id"] == 2).all()
+    assert s.rejects_by_reason == {"bad_id": 2, "image_over_limit": 2}
+    store = embed_catalogue(cat.load_catalogue(tmp_path / "out"), path,
+                            lambda b: b.reshape(len(b), -1).mean(1, keepdims=True) + 1.0,
+                            tmp_path / "vectors", image_size=16, level="image",
+                            progress=False)
+    assert len(store) == 2 + ids.IMAGE_ID_BASE
+    assert ids.decode(store.item_ids, "image")[1].max() == ids.IMAGE_ID_BASE - 1
 
 
 def test_not_bson_gets_one_clear_error(tmp_path):

@@ -305,3 +305,61 @@ def test_write_failing_at_the_end_is_one_clear_error_and_resumes(damaged, tmp_pa
     assert not (out / cat.META).exists() and (out / cat.WORK).exists()
     cat.build_catalogue(damaged, out, None, progress=False, checkpoint_every=40)
     _assert_same_catalogue(tmp_path / "ref", out)
+
+
+# ------------------------------------------------------------------ power loss
+
+
+@pytest.fixture
+def fsyncs(monkeypatch) -> list[str]:
+    """The name of every file (or folder) fsynced, in order."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to name a descriptor's file")
+    names: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        real(fd)
+        names.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return names
+
+
+def _synced_before(names: list[str], marker: str, files: list[str]) -> list[set[str]]:
+    """For each fsync of a file named like ``marker``: which of ``files`` were fsynced
+    since the previous one."""
+    out, since = [], set()
+    for name in names:
+        if marker in name:
+            out.append(since)
+            since = set()
+        else:
+            since |= {f for f in files if f in name}
+    return out
+
+
+def test_catalogue_parts_are_synced_before_the_checkpoint_counting_them(damaged, fsyncs,
+                                                                        tmp_path):
+    """A checkpoint that outlives a power loss must not count part files that did not."""
+    cat.build_catalogue(damaged, tmp_path / "out", None, progress=False,
+                        checkpoint_every=200, stop_after=2)
+    state = json.loads((tmp_path / "out" / cat.WORK / "range-00" / "checkpoint.json")
+                       .read_text())
+    assert state["parts"] == 2
+    checkpoints = _synced_before(fsyncs, "checkpoint.json", ["part-", "rejects-"])
+    # the first checkpoint (no parts yet), then one per part, each after both its files
+    assert checkpoints[1:] == [{"part-", "rejects-"}] * 2
+
+
+def test_vector_rows_and_rejects_are_synced_before_meta_counts_them(damaged_catalogue,
+                                                                      damaged, fsyncs,
+                                                                      tmp_path):
+    embed_catalogue(cat.load_catalogue(damaged_catalogue), damaged, Tiny(), tmp_path / "v",
+                    image_size=16, level="image", batch_size=256, progress=False)
+    rejects = pd.read_csv(tmp_path / "v" / "rejects.csv")
+    assert len(rejects) == 2  # the two fake JPEGs: one batch appended rejects
+    metas = _synced_before(fsyncs, "meta.json", ["vectors.f32", "ids.i64", "rejects.csv"])
+    appends = metas[1:-1]  # between the new store's meta.json and the finished one's
+    assert appends and all({"vectors.f32", "ids.i64"} <= s for s in appends)
+    assert sum("rejects.csv" in s for s in appends) == 1

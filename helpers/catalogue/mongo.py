@@ -1,6 +1,6 @@
 """The product catalogue in MongoDB: load it with bulk upserts, read it as a `Catalogue`.
 
-    from helpers import mongo
+    from helpers.catalogue import mongo
     mongo.load_catalogue(catalogue, "mongodb://127.0.0.1:27017")   # 01_preprocess
     cat = mongo.MongoCatalogue("mongodb://127.0.0.1:27017")
     cat.product(1000010653); cat.by_category(1000010653, limit=20); cat.page(0, 100)

@@ -38,13 +38,18 @@ class UnknownProductError(KeyError):
 
 @dataclass(frozen=True)
 class Product:
-    """One catalogue product. ``offset``/``length`` locate its document in the image source."""
+    """One catalogue product. ``offset``/``length`` locate its document in the image source.
+
+    ``n_images`` counts every picture of the document, bad ones included, and
+    ``bad_images`` lists the indexes of those left out: a picture keeps its index in the
+    document everywhere (image ids, JPEG file names, picture URLs).
+    """
 
     product_id: int
     category_id: int | None
     category_path: CategoryPath | None  # level 1, 2, 3 names (None: category not in the CSV)
-    n_images: int
-    bad_images: tuple[int, ...] = ()
+    n_images: int  # pictures in the document, bad ones included
+    bad_images: tuple[int, ...] = ()  # their indexes in the document
     offset: int = -1
     length: int = -1
 
@@ -53,6 +58,11 @@ class Product:
         """Indexes of the pictures that passed the catalogue's checks."""
         bad = set(self.bad_images)
         return [i for i in range(self.n_images) if i not in bad]
+
+    @property
+    def n_usable(self) -> int:
+        """How many pictures passed the catalogue's checks."""
+        return self.n_images - len(set(self.bad_images))
 
     @property
     def label(self) -> str:
@@ -137,9 +147,7 @@ class ParquetCatalogue:
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> ParquetCatalogue:
-        from helpers.ingest import (
-            scan as cat,  # the builder; imported here to keep this module light
-        )
+        from helpers.ingest import scan as cat
 
         df = cat.load_catalogue(folder)
         return cls(df, source=str(folder))

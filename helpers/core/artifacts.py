@@ -116,8 +116,10 @@ def read_json(path: str | os.PathLike, missing_ok: bool = False) -> dict[str, An
 def publish_dir(final: str | os.PathLike, build: Callable[[Path], None]) -> Path:
     """Build a folder in a temporary sibling, then rename it to ``final``.
 
-    A crash leaves only a ``.tmp-*`` folder. An existing ``final`` is moved aside and
-    deleted after the swap; if another process published concurrently, its copy is kept.
+    A crash leaves only a ``.tmp-*`` folder. Every file and folder built is fsynced before
+    the rename, so a folder under its final name is whole after a power loss too. An
+    existing ``final`` is moved aside and deleted after the swap; if another process
+    published concurrently, its copy is kept.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +127,7 @@ def publish_dir(final: str | os.PathLike, build: Callable[[Path], None]) -> Path
     tmp.mkdir(mode=DIR_MODE)
     try:
         build(tmp)
-        _chmod_tree(tmp)
+        _seal_tree(tmp)
         old = None
         if final.exists():
             old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
@@ -144,13 +146,20 @@ def publish_dir(final: str | os.PathLike, build: Callable[[Path], None]) -> Path
     return final
 
 
-def _chmod_tree(root: Path) -> None:
+def _seal_tree(root: Path) -> None:
+    """Modes 0755/0644, and every file then folder fsynced (engines write their own files:
+    a FAISS or Annoy index is not fsynced by its library)."""
     os.chmod(root, DIR_MODE)
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
         for d in dirnames:
             os.chmod(Path(dirpath) / d, DIR_MODE)
         for f in filenames:
-            os.chmod(Path(dirpath) / f, FILE_MODE)
+            path = Path(dirpath) / f
+            os.chmod(path, FILE_MODE)
+            if not path.is_symlink():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(dirpath)
 
 
 # -- versioned folders: immutable versions behind a "current" pointer ----------------------

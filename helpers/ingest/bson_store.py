@@ -104,7 +104,10 @@ def iter_records(
 
     A damaged region comes out as one ``Record`` with ``error`` set (``doc=None``)
     that spans the bad bytes up to the next decodable document, so callers can
-    count and report it and lose nothing else. ``start`` must be a document
+    count and report it and lose nothing else. A document is taken only where the
+    next one starts right after it (its ``_id`` key in place) or the file ends;
+    otherwise a document starting inside its frame wins (a cut document whose frame
+    runs into the next one: see ``_inner_start``). ``start`` must be a document
     boundary (0, or an offset from a checkpoint). With ``decode=False`` only the
     framing is checked (length prefix, trailing NUL): a fast way to count or skip.
     max_doc: a document whose length prefix claims more bytes is refused unread
@@ -123,11 +126,15 @@ def iter_records(
             # Fast path: every whole, well-framed document in the buffer, with
             # nothing but locals in the loop (this loop is the ingest speed).
             buf, pos, base = w.buf, w.pos, w.base
-            stop = min(len(buf), end - base)
+            stop, eof, starts = min(len(buf), end - base), size - base, buf.startswith
             while pos + 4 <= stop:
                 length = unpack(buf, pos)[0]
                 nxt = pos + length
                 if not MIN_DOC <= length <= max_doc or nxt > len(buf) or buf[nxt - 1] != 0:
+                    break
+                # The next document's `_id` key right after this one, or the file's end;
+                # else the careful step looks for a document this frame runs into.
+                if nxt != eof and not starts(_ID_KEY, nxt + 5):
                     break
                 if decode:
                     try:
@@ -180,8 +187,15 @@ def _careful_step(w: _Window, decode: bool, size: int, max_doc: int) -> Iterator
         except _DECODE_ERRORS as exc:
             err = f"undecodable document: {exc}"
         else:
-            w.pos += length
-            yield Record(off, length, doc)
+            inner = _inner_start(w, length, size, max_doc)
+            if inner is None:
+                w.pos += length
+                yield Record(off, length, doc)
+            else:
+                w.pos += inner
+                yield Record(off, inner, error=f"invalid document length {length}: runs into "
+                             f"the document at offset {off + inner}; skipped {inner} bytes "
+                             "to the next document")
             return
     skipped = _resync(w, max_doc)
     if err.startswith(TRUNCATED) and w.offset < size:
@@ -191,6 +205,42 @@ def _careful_step(w: _Window, decode: bool, size: int, max_doc: int) -> Iterator
         yield Record(off, skipped, error=err)
     else:
         yield Record(off, skipped, error=f"{err}; skipped {skipped} bytes to the next document")
+
+
+def _inner_start(w: _Window, length: int, size: int, max_doc: int) -> int | None:
+    """Where a document starts inside the well-framed one at ``w.pos``, if the next
+    document does not start right after it; None if the frame stands.
+
+    A document cut in its last bytes, followed by another, can still frame and decode:
+    its frame borrows the next one's first bytes (a length prefix ends with NUL bytes).
+    Then no ``_id`` key follows the frame, and the next document is found inside it,
+    by its ``_id`` anchor, framed and decodable. Where a frame ends just before another
+    ``_id`` key, or no document starts inside it, the frame stands: garbage after a
+    whole document is garbage. What this cannot see (a document swallowed whole by a
+    frame that ends where a document starts) is pinned in tests/test_catalogue.py.
+    """
+    if w.offset + length >= size:
+        return None
+    w.fill(length + 9)
+    p = w.pos
+    if w.buf.startswith(_ID_KEY, p + length + 5):
+        return None
+    buf = w.buf
+    hit = buf.find(_ID_KEY, p + 6, min(p + length + 8, len(buf)))
+    while hit >= 0:
+        cand = hit - 5
+        (n,) = _INT32.unpack_from(buf, cand)
+        if MIN_DOC <= n <= max_doc and w.base + cand + n <= size and _end_is_nul(w, cand, n):
+            raw = buf[cand:cand + n] if cand + n <= len(buf) else \
+                os.pread(w.fd, n, w.base + cand)
+            try:
+                bson.decode(raw)
+            except _DECODE_ERRORS:
+                pass
+            else:
+                return cand - p
+        hit = buf.find(_ID_KEY, hit + 1, min(p + length + 8, len(buf)))
+    return None
 
 
 def _looks_like_document(w: _Window) -> bool:

@@ -3,7 +3,8 @@
 One streaming pass writes, under ``out_dir``:
 
 - ``catalogue.parquet``: one row per product (id, category id and its three
-  level names, usable images, byte offset and length of the document);
+  level names, its pictures -- ``n_images`` counts all, ``bad_images`` lists the
+  indexes of those left out -- byte offset and length of the document);
 - ``rejects.csv``: every document, product or image left out, with its offset,
   product id, reason code and detail;
 - ``catalogue.json``: what made it (source file, parameters) and the counts.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -34,6 +36,7 @@ from bson.int64 import Int64
 from tqdm.auto import tqdm
 
 from helpers.core import artifacts
+from helpers.core.ids import IMAGE_ID_BASE, MAX_PRODUCT_ID
 from helpers.ingest import bson_store
 from helpers.ingest.bson_store import MAX_DOC
 from helpers.ingest.jpeg import (
@@ -46,13 +49,20 @@ from helpers.ingest.jpeg import (
     decode_image,
     too_large,
 )
-from helpers.ingest.schema import catalogue_fingerprint
+from helpers.ingest.schema import catalogue_fingerprint, usable_counts
+
+log = logging.getLogger(__name__)
 
 CATALOGUE = "catalogue.parquet"
 REJECTS = "rejects.csv"
 META = "catalogue.json"
 WORK = "_work"
-FORMAT_VERSION = 1
+# 2: n_images counts every picture of the document (1 counted the good ones only, while
+# bad_images held document indexes: a good picture after a bad one was lost).
+FORMAT_VERSION = 2
+# What rebuilds a catalogue (named when an old one is refused).
+REBUILD = ("build_catalogue(...) again (it rebuilds an older format), or for a run's "
+           "artifacts `make demo` / `python run_all.py --only 01`")
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # tests lower it to split small files
 LEVELS = ["category_level1", "category_level2", "category_level3"]
 REJECT_COLUMNS = ["kind", "offset", "length", "product_id", "image_index", "reason", "detail"]
@@ -60,13 +70,15 @@ REJECT_COLUMNS = ["kind", "offset", "length", "product_id", "image_index", "reas
 _INTS = (int, Int64)
 # n_images is an int16 column: a product claiming more pictures is refused, not a crash.
 MAX_IMAGES = 2**15 - 1
+# The image-id codec (helpers.core.ids) is the one source of the id and picture-index limits:
+# what it cannot pack is left out here, not found when a store is opened after embedding.
 
 SCHEMA = pa.schema(
     [
         ("product_id", pa.int64()),
         ("category_id", pa.int64()),  # null in test.bson, which has no labels
-        ("n_images", pa.int16()),
-        ("bad_images", pa.list_(pa.int16())),  # indices of unusable pictures, usually []
+        ("n_images", pa.int16()),  # every picture of the document, bad ones included
+        ("bad_images", pa.list_(pa.int16())),  # their indexes in the document, usually []
         ("offset", pa.int64()),
         ("length", pa.int32()),
     ]
@@ -190,6 +202,10 @@ def _check_product(
     if type(pid) not in _INTS:
         part.reject("product", off, length, None, None, "bad_id", f"_id is {_short(pid)}")
         return
+    if not 0 <= pid <= MAX_PRODUCT_ID:
+        part.reject("product", off, length, pid, None, "bad_id",
+                    f"_id {pid} is outside [0, {MAX_PRODUCT_ID}], what image ids can pack")
+        return
     imgs = doc.get("imgs")
     if type(imgs) is not list or not imgs:
         part.reject("product", off, length, pid, None, "no_images", f"imgs is {_short(imgs)}")
@@ -205,7 +221,11 @@ def _check_product(
                     f"category_id {_short(cat)}")
         return
     bad = []
-    for i, img in enumerate(imgs):
+    # Pictures past what an image id can index are left out, the product kept with the
+    # first IMAGE_ID_BASE: what a bad picture gets. Refusing the product would lose it
+    # from product-level search too, for pictures no image-level id can name.
+    over = len(imgs) > IMAGE_ID_BASE
+    for i, img in enumerate(imgs[:IMAGE_ID_BASE] if over else imgs):
         pic = img.get("picture") if type(img) is dict else None
         if (verify == "magic" and type(pic) is bytes and pic[:2] == JPEG_SOI
                 and pic[-2:] == JPEG_EOI and too_large(pic, max_side) is None):
@@ -224,13 +244,19 @@ def _check_product(
         if why is not None:
             bad.append(i)
             part.reject("image", off, length, pid, i, reason, why)
+    if over:
+        for i in range(IMAGE_ID_BASE, len(imgs)):
+            bad.append(i)
+            part.reject("image", off, length, pid, i, "image_over_limit",
+                        f"picture {i} of {len(imgs):,}: image ids index at most "
+                        f"{IMAGE_ID_BASE} pictures a product")
     if len(bad) == len(imgs):
         part.reject("product", off, length, pid, None, "no_valid_image", f"all {len(imgs)} bad")
         return
     c = part.cols
     c["product_id"].append(pid)
     c["category_id"].append(cat)
-    c["n_images"].append(len(imgs) - len(bad))
+    c["n_images"].append(len(imgs))
     c["bad_images"].append(bad)
     c["offset"].append(off)
     c["length"].append(length)
@@ -278,10 +304,13 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _flush(work: Path, index: int, part: _Part) -> None:
+    """Write one part's files, durably: the checkpoint written next counts them, so they
+    must outlive a power loss that the checkpoint outlives (atomic_write fsyncs)."""
     table = pa.table(part.cols, schema=SCHEMA)
-    pq.write_table(table, work / f"part-{index:05d}.parquet")
+    artifacts.atomic_write(work / f"part-{index:05d}.parquet",
+                           lambda t: pq.write_table(table, t))
     rej = pd.DataFrame(part.rejects, columns=REJECT_COLUMNS)
-    rej.to_parquet(work / f"rejects-{index:05d}.parquet")
+    artifacts.atomic_write(work / f"rejects-{index:05d}.parquet", rej.to_parquet)
 
 
 # A full disk (or quota, or file size limit) while writing.
@@ -362,7 +391,8 @@ def build_catalogue(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not force and (out_dir / META).exists():
         meta = load_meta(out_dir)
-        if meta["source"] == source and meta["params"] == params:
+        if meta["source"] == source and meta["params"] == params and \
+                meta.get("format_version") == FORMAT_VERSION:  # an older format is rebuilt
             return CatalogueSummary(**meta["summary"])
     t0 = time.perf_counter()
     work = out_dir / WORK
@@ -399,8 +429,13 @@ def _plan(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
           resume: bool) -> dict:
     """The byte ranges of this run: an interrupted run's plan, or a new one."""
     path = work / "plan.json"
-    if resume and path.exists():
-        plan = artifacts.read_json(path)
+    plan = artifacts.read_json(path) if resume and path.exists() else None
+    if plan is not None and plan.get("format_version", 1) != FORMAT_VERSION:
+        # Part files of an older format cannot join this one's: scan again.
+        log.warning("%s: interrupted run of catalogue format %s, starting over",
+                    work, plan.get("format_version", 1))
+        plan = None
+    if plan is not None:
         if plan["source"] == source and plan["params"] == params:
             return plan
         raise CatalogueError(
@@ -420,6 +455,7 @@ def _plan(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
                  if params["skip"] else 0)
         offsets = [start, source["size"]]
     plan = {"source": source, "params": params, "seconds": 0.0,
+            "format_version": FORMAT_VERSION,
             "ranges": [[a, b] for a, b in zip(offsets, offsets[1:], strict=False)]
             or [[0, 0]]}
     _write_json(path, plan)
@@ -523,7 +559,7 @@ def _finalize(out_dir: Path, plan: dict, states: list[dict],
         products_kept=len(df),
         products_rejected=len(product_rejects),
         images_in=sum(st["images_in"] for st in states),
-        images_kept=int(df["n_images"].sum()),
+        images_kept=int(usable_counts(df).sum()),
         bad_images=int((rej["kind"] == "image").sum()),
         categories=int(df["category_id"].nunique()),
         rejects_by_reason={k: int(v) for k, v in rej["reason"].value_counts().items()},
@@ -549,11 +585,24 @@ def _finalize(out_dir: Path, plan: dict, states: list[dict],
 
 
 def load_catalogue(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """The catalogue written by ``build_catalogue`` (checks it is complete)."""
+    """The catalogue written by ``build_catalogue`` (checks it is complete and of this
+    version's format)."""
     out_dir = Path(out_dir)
     if not (out_dir / META).exists():
         raise CatalogueError(f"no finished catalogue in {out_dir} (run build_catalogue first)")
+    check_format(out_dir)
     return pd.read_parquet(out_dir / CATALOGUE)
+
+
+def check_format(out_dir: str | os.PathLike) -> None:
+    """CatalogueError, naming the rebuild command, for a catalogue of another format: read
+    as this version's, its picture counts would be wrong, not refused."""
+    version = load_meta(out_dir).get("format_version")
+    if version != FORMAT_VERSION:
+        raise CatalogueError(
+            f"{out_dir} holds a catalogue of format {version}; this version reads format "
+            f"{FORMAT_VERSION} (n_images now counts every picture, bad ones included). "
+            f"Rebuild it: {REBUILD}")
 
 
 def load_meta(out_dir: str | os.PathLike) -> dict:
@@ -574,8 +623,8 @@ def categories_of(df: pd.DataFrame, product_ids: np.ndarray) -> np.ndarray:
 def category_counts(df: pd.DataFrame, level: str = "category_level3") -> pd.DataFrame:
     """Products and images per category, largest first."""
     keys = ["category_id", *LEVELS] if level == "category_level3" else [level]
-    out = df.groupby(keys, dropna=False).agg(products=("product_id", "size"),
-                                             images=("n_images", "sum"))
+    out = df.assign(usable=usable_counts(df)).groupby(keys, dropna=False).agg(
+        products=("product_id", "size"), images=("usable", "sum"))
     return out.sort_values("products", ascending=False).reset_index()
 
 
@@ -607,7 +656,7 @@ def export_jpegs(
     out_dir = Path(out_dir)
     cats = dict(zip(df["product_id"], df["category_id"], strict=True))
     n = 0
-    total = int(df["n_images"].sum())
+    total = int(usable_counts(df).sum())
     for pid, i, pic in tqdm(iter_images(df, bson_path), total=total, desc="export",
                             disable=not progress):
         folder = out_dir / str(cats[pid]) if by_category else out_dir

@@ -1,4 +1,6 @@
-"""What a catalogue file is made of: its content fingerprint (which products, from where).
+"""What a catalogue file is made of: its content fingerprint (which products, from where)
+and the usable pictures of each row (``n_images`` counts every picture of the document,
+``bad_images`` lists the indexes left out).
 
 The scan (helpers.ingest.scan) writes it into the catalogue's manifest; the Catalogue
 readers (helpers.catalogue) and the vector stores compare it. Imports numpy and pandas only.
@@ -17,3 +19,9 @@ def catalogue_fingerprint(catalogue: pd.DataFrame) -> str:
     h = hashlib.sha256(catalogue["product_id"].to_numpy(np.int64).tobytes())
     h.update(catalogue["offset"].to_numpy(np.int64).tobytes())
     return h.hexdigest()[:16]
+
+
+def usable_counts(catalogue: pd.DataFrame) -> np.ndarray:
+    """Usable pictures of each catalogue row: its pictures less the bad ones."""
+    bad = catalogue["bad_images"].map(lambda b: 0 if b is None else len(b))
+    return catalogue["n_images"].to_numpy(np.int64) - bad.to_numpy(np.int64)

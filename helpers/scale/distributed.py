@@ -1,6 +1,6 @@
 """The full ``train.bson`` on Dask: catalogue and embedding, one task per byte range.
 
-    from helpers import distributed as dist
+    from helpers.scale import distributed as dist
     summary = dist.build_catalogue("train.bson", "work/catalogue", "category_names.csv",
                                    workers=2)                      # LocalCluster
     summary = dist.build_catalogue(..., scheduler="tcp://10.0.0.1:8786")  # a cluster
@@ -170,7 +170,8 @@ def build_catalogue(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not force and (out_dir / cat.META).exists():
         meta = cat.load_meta(out_dir)
-        if meta["source"] == source and meta["params"] == params:
+        if meta["source"] == source and meta["params"] == params and \
+                meta.get("format_version") == cat.FORMAT_VERSION:  # an older format is rebuilt
             return cat.CatalogueSummary(**meta["summary"])
     work = out_dir / cat.WORK
     parts = max(workers or 1, math.ceil(source["size"] / partition_bytes))
@@ -195,8 +196,10 @@ def _catalogue_plan(work: Path, bson_path: Path, source: dict, params: dict, par
                     resume: bool) -> dict:
     """An interrupted run's ranges, or new ones; ``catalogue._plan``'s file format."""
     path = work / PLAN
-    if resume and path.exists():
-        plan = json.loads(path.read_text())
+    plan = json.loads(path.read_text()) if resume and path.exists() else None
+    if plan is not None and plan.get("format_version", 1) != cat.FORMAT_VERSION:
+        plan = None  # part files of an older catalogue format: scan again
+    if plan is not None:
         if plan["source"] == source and plan["params"] == params:
             return plan
         raise cat.CatalogueError(
@@ -206,6 +209,7 @@ def _catalogue_plan(work: Path, bson_path: Path, source: dict, params: dict, par
     work.mkdir(parents=True)
     offsets = bson_store.partition_offsets(bson_path, parts)
     plan = {"source": source, "params": params, "seconds": 0.0,
+            "format_version": cat.FORMAT_VERSION,
             "ranges": [[a, b] for a, b in zip(offsets, offsets[1:], strict=False)] or [[0, 0]]}
     cat._write_json(path, plan)
     return plan

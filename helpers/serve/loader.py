@@ -260,7 +260,12 @@ def load_artifacts(work_dir: str | os.PathLike | None = None, *,
     if mongo_uri:
         catalogue = _open_mongo(mongo_uri)
     elif has_parquet:
-        catalogue = open_catalogue(cat_dir)
+        from helpers.ingest.scan import CatalogueError
+
+        try:
+            catalogue = open_catalogue(cat_dir)
+        except CatalogueError as exc:  # one of an older format: its message names the rebuild
+            raise ArtifactMissing(str(exc)) from None
     else:
         raise ArtifactMissing(f"no catalogue in {cat_dir}: build it with `{BUILD['catalogue']}`")
     bson = Path(bson_path or os.environ.get(ENV_BSON) or _bson_of(cat_dir) or "")

@@ -38,6 +38,7 @@ from helpers.catalogue.protocol import (
 from helpers.core import artifacts
 from helpers.core.ids import LEVELS
 from helpers.ingest.jpeg import ImageError, decode_image, to_float
+from helpers.ingest.schema import usable_counts
 
 __all__ = ["catalogue_fingerprint", "embed_catalogue", "embed_files"]
 from helpers.vectors.means import product_means
@@ -316,8 +317,8 @@ def _images_from(catalogue: Catalogue, start: int) -> int:
     """Pictures from catalogue position ``start`` on (for the progress bar)."""
     df = getattr(catalogue, "df", None)
     if df is not None:
-        return int(df["n_images"].iloc[start:].sum())
-    return sum(p.n_images for p in iter_products(catalogue, start))
+        return int(usable_counts(df.iloc[start:]).sum())
+    return sum(p.n_usable for p in iter_products(catalogue, start))
 
 
 def _write_batch(writer: VectorWriter, out_dir: Path, level: str, b: _Batch,
@@ -359,9 +360,14 @@ def _trim_rejects(out_dir: Path, product_ids: np.ndarray) -> None:
 
 
 def _append_rejects(out_dir: Path, failures: Sequence[tuple[int, int, str]]) -> None:
+    """Append, fsynced: the meta.json written next moves the resume point past them."""
     path = out_dir / REJECTS
     df = pd.DataFrame(failures, columns=["product_id", "image_index", "reason"])
-    df.to_csv(path, mode="a", header=not path.exists(), index=False)
+    header = not path.exists()
+    with open(path, "a", encoding="utf-8", newline="") as f:
+        df.to_csv(f, header=header, index=False)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def embed_files(paths: Sequence[str | os.PathLike], extractor: Extractor,

@@ -9,9 +9,9 @@ A store is a folder::
                    image size, level), the catalogue it was made from (its fingerprint
                    and settings), and the store's content id (see helpers.core.artifacts)
 
-Appends go to the two binary files first and ``meta.json`` last (atomically),
-so a killed run leaves a store whose ``count`` rows are all complete: reopening
-it truncates any half-written tail and carries on from ``next_row``.
+Appends go to the two binary files first, fsynced, and ``meta.json`` last (atomically),
+so a killed run -- or a power loss -- leaves a store whose ``count`` rows are all on
+disk: reopening it truncates any half-written tail and carries on from ``next_row``.
 """
 
 from __future__ import annotations
@@ -114,10 +114,13 @@ class VectorWriter:
         ids = np.stack([np.asarray(product_ids, np.int64), np.asarray(image_index, np.int64)], 1)
         if len(ids) != len(vectors):
             raise VectorStoreError(f"{len(vectors)} vectors but {len(ids)} ids")
-        with open(self.folder / VECTORS, "ab") as f:
-            f.write(vectors.tobytes())
-        with open(self.folder / IDS, "ab") as f:
-            f.write(ids.tobytes())
+        # fsynced before meta.json counts them: after a power loss, meta.json must not
+        # count rows the disk never got (reopening would refuse the store).
+        for name, data in ((VECTORS, vectors), (IDS, ids)):
+            with open(self.folder / name, "ab") as f:
+                f.write(data.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
         self.meta["count"] += len(vectors)
         self.meta["next_row"] = next_row
         for key, value in stats.items():
