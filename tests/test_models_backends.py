@@ -178,3 +178,23 @@ def test_onnx_takes_uint8_and_float_alike(
         ext(u8[0])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         ext(u8.astype(np.float32))  # 0..255 floats: a mistake, not uint8
+
+
+def test_vector_store_folders_name_model_runtime_and_precision(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from helpers.workspace import Workspace
+
+    ws, catalogue = Workspace(tmp_path), SimpleNamespace(fingerprint="0123456789abcdef")
+
+    def name(meta: dict) -> str:
+        return ws.vectors_dir(meta, 180, "image", catalogue).name
+
+    assert name({"model": "mobilenet_v2", "runtime": "onnx", "precision": "fp32"}) == \
+        "mobilenet_v2-onnx-180px-image-0123456789"
+    assert name({"model": "efficientnet_lite2", "runtime": "openvino", "precision": "bf16"}) \
+        == "efficientnet_lite2-openvino-bf16-180px-image-0123456789"
+    # Older stores (one "backend" setting) keep their folder names.
+    assert name({"model": "mobilenet_v2_100_imagenet_torchvision", "backend": "openvino",
+                 "precision": "int8"}) == \
+        "mobilenet_v2_100_imagenet_torchvision-openvino-int8-180px-image-0123456789"

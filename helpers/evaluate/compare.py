@@ -2,9 +2,10 @@
 
 A *method* is an embedding and an index, written ``"<embedding>/<index>"``:
 
-- embeddings: ``style-180`` (VGG16 Gram style vectors at 180 px), ``<backend>-<size>``
-  for MobileNetV2 from any backend in ``helpers.models.BACKENDS`` (``onnx-224``,
-  ``onnx-180``, ``openvino-224`` when that backend exists);
+- embeddings: ``style-180`` (VGG16 Gram style vectors at 180 px), ``<runtime>-<size>``
+  for MobileNetV2 on any runtime in ``helpers.models.RUNTIMES`` (``onnx-224``,
+  ``onnx-180``, ``openvino-224`` when that runtime exists), ``<model>-<size>`` for
+  another network of ``helpers.models.NETS`` on onnx (``efficientnet_lite2-224``);
 - indexes: ``exact`` (numpy), ``flat`` / ``ivf`` / ``hnsw`` / ``ivfpq`` (FAISS),
   ``annoy``, ``elasticsearch`` (when registered in ``helpers.index.METHODS`` and a node
   answers). IVF lists and PQ codes are sized from the number of vectors.
@@ -18,7 +19,7 @@ Every method is measured on the same products and pictures:
 - cost: build time, size on disk, resident memory of a process that loads the index,
   latency p50/p99 one query at a time, QPS of a batch.
 
-A method that cannot run here (an unknown backend, no Elasticsearch node) is *skipped*
+A method that cannot run here (an unknown model or runtime, no Elasticsearch node) is *skipped*
 with its reason; the others are still compared.
 
     run = compare(ws, catalogue, ws.images(bson_path), methods=DEFAULT_METHODS)
@@ -71,19 +72,21 @@ DEFAULT_METHODS = (
     "onnx-224/annoy",
     "onnx-224/elasticsearch",
 )
-# Backends that compute the very same MobileNetV2 vectors as ONNX (TF: within 1e-5): not
-# worth a row of their own. Any other backend of helpers.models joins the defaults.
+# Runtimes that compute the very same MobileNetV2 vectors as ONNX (TF: within 1e-5): not
+# worth a row of their own. Any other runtime or network of helpers.models joins the defaults.
 SAME_AS_ONNX = {"onnx", "tf"}
 INDEXES = ("exact", "flat", "ivf", "hnsw", "ivfpq", "annoy", "elasticsearch")
 
 
 def default_methods() -> list[str]:
-    """DEFAULT_METHODS, plus exact search on every extra embedding backend registered in
-    ``helpers.models.BACKENDS`` (e.g. "openvino-224/exact"), at 224 and 180 px."""
+    """DEFAULT_METHODS, plus exact search on every extra runtime in ``helpers.models.RUNTIMES``
+    (MobileNetV2, e.g. "openvino-224/exact") and every other network in ``NETS`` (on onnx,
+    e.g. "efficientnet_lite2-224/exact"), at 224 and 180 px."""
     from helpers import models
 
-    extra = [f"{b}-{size}/exact" for b in models.BACKENDS if b not in SAME_AS_ONNX
-             for size in (224, 180)]
+    names = [r for r in models.RUNTIMES if r not in SAME_AS_ONNX]
+    names += [n for n in models.NETS if n != "mobilenet_v2"]
+    extra = [f"{b}-{size}/exact" for b in names for size in (224, 180)]
     return [*DEFAULT_METHODS, *extra]
 # The search knob each index trades speed for recall with (swept for the recall-vs-QPS plot).
 KNOBS = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch", "annoy": "search_k",
@@ -101,7 +104,7 @@ class MethodError(ValueError):
 class Method:
     name: str  # as given: "onnx-224/hnsw"
     embedding: str  # "onnx-224"
-    model: str  # "style" or an extractor backend
+    model: str  # "style", a runtime (MobileNetV2 on it) or a network (on onnx)
     image_size: int
     index: str  # one of INDEXES
 
@@ -151,15 +154,18 @@ def product_means(image_ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarra
 
 
 def load_embedder(model: str) -> Any:
-    """The extractor of an embedding's model: "style" (VGG16) or a MobileNetV2 backend."""
+    """The extractor of an embedding's model: "style" (VGG16), a runtime (MobileNetV2 on
+    it) or a network (on onnx)."""
     from helpers import models
 
     if model == "style":
         return models.load_style_extractor()
-    if model not in models.BACKENDS:
-        raise LookupError(f"no extractor backend {model!r} in helpers.models.BACKENDS "
-                          f"({', '.join(models.BACKENDS)})")
-    return models.load_extractor(model)
+    if model in models.RUNTIMES:
+        return models.load_extractor("mobilenet_v2", model)
+    if model in models.NETS:
+        return models.load_extractor(model, "onnx")
+    raise LookupError(f"no runtime or model {model!r} in helpers.models.RUNTIMES "
+                      f"({', '.join(models.RUNTIMES)}) or NETS ({', '.join(models.NETS)})")
 
 
 def embed(ws: Any, catalogue: Any, images: Any, method: Method, **kw: Any) -> Vectors:
