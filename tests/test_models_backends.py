@@ -198,3 +198,21 @@ def test_vector_store_folders_name_model_runtime_and_precision(tmp_path: Path) -
     assert name({"model": "mobilenet_v2_100_imagenet_torchvision", "backend": "openvino",
                  "precision": "int8"}) == \
         "mobilenet_v2_100_imagenet_torchvision-openvino-int8-180px-image-0123456789"
+
+
+def test_tensorflow_is_imported_only_by_the_tf_runtime() -> None:
+    """No module of helpers/ outside helpers/models/runtimes/tf*.py imports TensorFlow."""
+    import ast
+
+    root = Path(hm.__file__).parents[1]
+    tf = {"tensorflow", "tf_keras", "tensorflow_hub", "keras"}
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.parent.name == "runtimes" and path.name.startswith("tf"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names
+                          if n.split(".")[0] in tf]
+    assert not offenders
