@@ -34,7 +34,7 @@ from bench_quality import catalogue_pictures, pca_whiten, scores, unit  # noqa: 
 
 from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON  # noqa: E402
 
-BACKBONES = {"mobilenet_v2": "onnx", "effnet_lite2": "efficientnet_lite2"}
+BACKBONES = {"mobilenet_v2": "mobilenet_v2", "effnet_lite2": "efficientnet_lite2"}  # -> NETS
 
 
 def best_match_p10(v: np.ndarray, pids: np.ndarray, cats: np.ndarray, k: int = 10) -> float:
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     datasets = {"sample": SAMPLE_BSON, "real": CDISCOUNT_DIR / "train_example.bson"}
     datasets = {k: v for k, v in datasets.items() if k in args.data and v.exists()}
-    extractors = {name: hm.load_extractor(backend, intra_op_threads=2)
-                  for name, backend in BACKBONES.items()}
+    extractors = {name: hm.load_extractor(model, "onnx", intra_op_threads=2)
+                  for name, model in BACKBONES.items()}
     runs = [(name, size) for size in args.sizes for name in BACKBONES]
     runs.insert(0, ("effnet_lite2", 260))  # its native size
     rows, table = [], {}

@@ -107,19 +107,22 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b, strict=True)]))
 
 
-def load(backend: str, batch: int):
+def load(spec: str, batch: int):
+    """``[model/]runtime[:precision]`` (model default mobilenet_v2) -> its extractor."""
     import helpers.models as hm
 
-    name, _, precision = backend.partition(":")
-    options = {"precision": precision} if precision else {}
-    return hm.load_extractor(name, batch_size=batch + 8, **options)
+    name, _, precision = spec.partition(":")
+    model, _, runtime = name.rpartition("/")
+    return hm.load_extractor(model or "mobilenet_v2", runtime, precision or None,
+                             batch_size=batch + 8)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=["sample", "real"], default="sample")
     parser.add_argument("--backends", nargs="+", default=["onnx", "openvino"],
-                        help="names in helpers.models.BACKENDS, optionally name:precision")
+                        help="runtimes of helpers.models.RUNTIMES, as [model/]runtime"
+                             "[:precision], e.g. openvino:int8, efficientnet_lite2/onnx")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 180])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--backends", nargs="+", default=["onnx", "openvino"],
-        choices=[*hm.BACKENDS, "style"],
+        choices=[*hm.RUNTIMES, *(n for n in hm.NETS if n != "mobilenet_v2"), "style"],
+        help="a runtime (MobileNetV2 on it), another network (on onnx), or style",
     )
     parser.add_argument("--style-input-size", type=int, default=None)
     args = parser.parse_args(argv)
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if backend == "style":
             models[backend] = hm.load_style_extractor(input_size=args.style_input_size)
         else:
-            models[backend] = hm.load_extractor(backend, batch_size=args.batch)
+            model, runtime = (backend, "onnx") if backend in hm.NETS else ("mobilenet_v2",
+                                                                            backend)
+            models[backend] = hm.load_extractor(model, runtime, batch_size=args.batch)
         results[f"{backend}_load_s"] = round(time.perf_counter() - t0, 2)
 
     for size in args.sizes:

@@ -58,9 +58,9 @@ def feature_map_session(threads: int = 2):
     import onnx
     import onnxruntime as ort
 
-    from helpers.models.runtimes import onnx as onnx_backend
+    from helpers.models.nets import mobilenet_v2
 
-    model = onnx_backend.build_onnx_model()
+    model = mobilenet_v2.build_onnx_model()
     pool = next(n for n in model.graph.node if n.op_type == "GlobalAveragePool")
     model.graph.output.append(onnx.helper.make_tensor_value_info(
         pool.input[0], onnx.TensorProto.FLOAT, ["batch", 1280, "h", "w"]))
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     datasets = {"sample": SAMPLE_BSON, "real": CDISCOUNT_DIR / "train_example.bson"}
     datasets = {k: v for k, v in datasets.items() if k in args.data and v.exists()}
     session, fmap = feature_map_session()
-    ov = None if args.no_openvino else hm.load_extractor("openvino", intra_op_threads=2)
+    ov = None if args.no_openvino else hm.load_extractor("mobilenet_v2", "openvino",
+                                                                 intra_op_threads=2)
     rows, table = [], {}
     for data, path in datasets.items():
         u8, pids, cats = catalogue_pictures(path, args.size)

@@ -128,7 +128,7 @@ def bench_embed(args: argparse.Namespace) -> dict:
         s = cat.build_catalogue(path, tmp / "cat", CATS, progress=False)
         pics = s.images_kept
         df = cat.load_catalogue(tmp / "cat")
-        ex = load_extractor("onnx", intra_op_threads=2)
+        ex = load_extractor("mobilenet_v2", "onnx", intra_op_threads=2)
         t0, c0 = time.perf_counter(), _cpu()
         embed_catalogue(df, path, ex, tmp / "inproc", image_size=180, level="image",
                         progress=False)
@@ -186,7 +186,8 @@ def bench_sizes(args: argparse.Namespace) -> dict:
     from helpers.vectors.embed import embed_catalogue
 
     path = make_bson(DATA / "embed.bson", args.embed_gb, kaggle_only=True)
-    ex = load_extractor("onnx", intra_op_threads=1)  # one core, as a Dask worker has
+    # one core, as a Dask worker has
+    ex = load_extractor("mobilenet_v2", "onnx", intra_op_threads=1)
     out, rows = {}, []
     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         tmp = Path(tmp)

@@ -105,7 +105,7 @@ def real_spectrum(image_size: int = 180) -> tuple[np.ndarray, np.ndarray, np.nda
     if cache.exists():
         z = np.load(cache)
         return z["mean"], z["axes"], z["var"]
-    ex = load_extractor("onnx")
+    ex = load_extractor("mobilenet_v2", "onnx")
     vecs = []
     for name, path in (("real", CDISCOUNT_DIR / "train_example.bson"), ("sample", SAMPLE_BSON)):
         out = DATA / "spectrum" / name

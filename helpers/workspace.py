@@ -3,12 +3,12 @@
 Each notebook reads on its own: it asks for the catalogue and the vectors it needs, and
 they are built the first time and reused after, so ``03_faiss`` run alone works, and run
 after ``02`` costs nothing. Every artifact folder is named by the settings that made it,
-so two runs with another ``limit``, image size, level or backend never overwrite each
+so two runs with another ``limit``, image size, level, model or runtime never overwrite each
 other (and a 12-hour embedding is never rebuilt over)::
 
     work_dir/
       catalogue/<file>-<settings id>/            catalogue.parquet, rejects.csv, manifest.json
-      vectors/<model>-<backend>-<size>px-<level>-<catalogue id>/   vector store + manifest
+      vectors/<model>-<runtime>[-<precision>]-<size>px-<level>-<catalogue id>/   vectors
       index/<name>/current -> v-<time>/          saved indexes, one immutable version each
 
 `find` lists the artifacts of a run by kind, newest first (what the apps load).
@@ -47,10 +47,11 @@ class Workspace:
                     catalogue: Catalogue) -> Path:
         m = extractor_meta
         precision = m.get("precision")
-        backend = m.get("backend", "")
+        # "backend": what extractors recorded before model and runtime were two settings.
+        runtime = m.get("runtime") or m.get("backend", "")
         if precision and precision != "fp32":
-            backend = f"{backend}-{precision}"
-        name = "-".join(str(x) for x in (m.get("model", "model"), backend) if x)
+            runtime = f"{runtime}-{precision}"
+        name = "-".join(str(x) for x in (m.get("model", "model"), runtime) if x)
         return (self.root / "vectors"
                 / f"{name}-{image_size}px-{level}-{catalogue.fingerprint[:10]}")
 

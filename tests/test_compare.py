@@ -54,13 +54,17 @@ def test_parse_method():
         compare.parse_method("onnx-224/kdtree")
 
 
-def test_default_methods_take_in_new_backends(monkeypatch):
+def test_default_methods_take_in_new_runtimes_and_networks(monkeypatch):
     import helpers.models
 
     base = list(compare.DEFAULT_METHODS)
     assert compare.default_methods()[: len(base)] == base
-    monkeypatch.setattr(helpers.models, "BACKENDS", {"onnx": 1, "tf": 2, "openvino": 3})
+    monkeypatch.setattr(helpers.models, "RUNTIMES", {"onnx": 1, "tf": 2, "openvino": 3})
+    monkeypatch.setattr(helpers.models, "NETS", {"mobilenet_v2": 1})
     assert compare.default_methods()[-2:] == ["openvino-224/exact", "openvino-180/exact"]
+    monkeypatch.setattr(helpers.models, "NETS", {"mobilenet_v2": 1, "effnet": 2})
+    assert compare.default_methods()[-4:] == ["openvino-224/exact", "openvino-180/exact",
+                                              "effnet-224/exact", "effnet-180/exact"]
 
 
 def test_product_means_are_means_of_unit_pictures():

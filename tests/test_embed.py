@@ -34,7 +34,7 @@ FAKE_JPEG = b"\xff\xd8" + bytes(range(256)) * 2 + b"\xff\xd9"
 
 @pytest.fixture(scope="session")
 def onnx_extractor(tmp_path_factory: pytest.TempPathFactory) -> hm.FeatureExtractor:
-    return hm.load_extractor("onnx", cache_dir=tmp_path_factory.mktemp("models"))
+    return hm.load_extractor("mobilenet_v2", "onnx", cache_dir=tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ext(model_cache: Path) -> hm.FeatureExtractor:
-    return hm.load_extractor("efficientnet_lite2", cache_dir=model_cache, intra_op_threads=2)
+    return hm.load_extractor("efficientnet_lite2", "onnx", cache_dir=model_cache,
+                             intra_op_threads=2)
 
 
 def _inputs(ref: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -75,7 +76,7 @@ def test_matches_torch(ext: hm.FeatureExtractor, ref: dict[str, np.ndarray]) -> 
 def test_imagenet_top5_at_every_size(
     ext: hm.FeatureExtractor, ref: dict[str, np.ndarray], photos: dict[str, np.ndarray]
 ) -> None:
-    clf = hm.load_classifier("efficientnet_lite2", cache_dir=ext.path.parent,
+    clf = hm.load_classifier("efficientnet_lite2", "onnx", cache_dir=ext.path.parent,
                              intra_op_threads=2)
     top260 = clf.top_k(ref["images"][:2] * np.float32(1 / 255), k=5)
     top224 = clf.top_k(np.stack([photos["chelsea"], photos["coffee"]]), k=5)
@@ -90,7 +91,7 @@ def test_imagenet_top5_at_every_size(
 def test_contract_meta_and_determinism(
     ext: hm.FeatureExtractor, model_cache: Path, photos: dict[str, np.ndarray]
 ) -> None:
-    assert ext.dim == 1280 and ext.backend == "efficientnet_lite2"
+    assert ext.dim == 1280 and (ext.model, ext.runtime) == ("efficientnet_lite2", "onnx")
     batch = np.stack([photos["chelsea"], photos["coffee"], photos["crop_a"]])
     a, b = ext(batch), ext(batch[::-1].copy())
     assert a.shape == (3, 1280) and a.dtype == np.float32
@@ -103,7 +104,8 @@ def test_contract_meta_and_determinism(
     assert meta["weights_sha256"] == eff.EFFICIENTNET_LITE2_PACKAGE.sha256[:16]
     # The cached graph is reused (not rebuilt) and readable by every user.
     mtime = ext.path.stat().st_mtime_ns
-    again = hm.load_extractor("efficientnet_lite2", cache_dir=model_cache, intra_op_threads=1)
+    again = hm.load_extractor("efficientnet_lite2", "onnx", cache_dir=model_cache,
+                              intra_op_threads=1)
     assert again.path == ext.path and ext.path.stat().st_mtime_ns == mtime
     assert ext.path.stat().st_mode & 0o777 == 0o644
 
@@ -133,7 +135,8 @@ def test_store_of_another_backbone_is_refused(
     from helpers.vectors.embed import embed_catalogue
     from helpers.vectors.store import VectorStore, VectorStoreError
 
-    mobilenet = hm.load_extractor("onnx", cache_dir=model_cache, intra_op_threads=2)
+    mobilenet = hm.load_extractor("mobilenet_v2", "onnx", cache_dir=model_cache,
+                                  intra_op_threads=2)
     cat.build_catalogue(sample_bson, tmp_path / "catalogue", sample_categories, progress=False)
     head = cat.load_catalogue(tmp_path / "catalogue").head(4)
     store = embed_catalogue(head, sample_bson, mobilenet, tmp_path / "vectors", image_size=64,

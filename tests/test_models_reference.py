@@ -19,7 +19,8 @@ import pytest
 
 import helpers.models as hm
 from helpers.models import weights
-from helpers.models.runtimes import onnx as onnx_backend
+from helpers.models.nets import mobilenet_v2
+from helpers.models.runtimes import onnx as onnx_runtime
 
 REFERENCE = Path(__file__).parent / "data" / "mobilenet_v2_torch_reference.npz"
 FEATURES_ATOL = 1e-5
@@ -51,7 +52,7 @@ def test_reference_is_of_our_checkpoint(ref: dict[str, np.ndarray]) -> None:
 
 @pytest.fixture(scope="module")
 def onnx_ext(tmp_path_factory: pytest.TempPathFactory) -> hm.FeatureExtractor:
-    return hm.load_extractor("onnx", cache_dir=tmp_path_factory.mktemp("models"),
+    return hm.load_extractor("mobilenet_v2", "onnx", cache_dir=tmp_path_factory.mktemp("models"),
                              intra_op_threads=2)
 
 
@@ -69,9 +70,10 @@ def test_keras_matches_torchvision(ref: dict[str, np.ndarray],
                                    tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     pytest.importorskip("tensorflow_hub")
-    ext = hm.load_extractor("tf", cache_dir=tmp_path)  # through the exported SavedModel
+    # through the exported SavedModel
+    ext = hm.load_extractor("mobilenet_v2", "tf", cache_dir=tmp_path)
     np.testing.assert_allclose(_both(ext, ref), ref["features"], rtol=0, atol=FEATURES_ATOL)
-    clf = hm.load_classifier("tf")
+    clf = hm.load_classifier("mobilenet_v2", "tf")
     logits = _both(lambda x: clf.predict_imagenet(x, softmax=False), ref)
     np.testing.assert_allclose(logits, ref["logits"], rtol=0, atol=LOGITS_ATOL)
 
@@ -80,7 +82,7 @@ def test_reference_sees_a_padding_error(ref: dict[str, np.ndarray]) -> None:
     """Keras-style "same" padding at stride 2 (bottom/right only): top-5 cannot tell."""
     import onnxruntime as ort
 
-    model = onnx_backend.build_onnx_model()
+    model = mobilenet_v2.build_onnx_model()
     changed = 0
     for node in model.graph.node:
         strides = [a for a in node.attribute if a.name == "strides"]
@@ -90,8 +92,8 @@ def test_reference_sees_a_padding_error(ref: dict[str, np.ndarray]) -> None:
             changed += 1
     assert changed == 5
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feats = _both(lambda x: onnx_backend.run(session, "features", x), ref)
-    logits = _both(lambda x: onnx_backend.run(session, "logits", x), ref)
+    feats = _both(lambda x: onnx_runtime.run(session, "features", x), ref)
+    logits = _both(lambda x: onnx_runtime.run(session, "logits", x), ref)
     # What the old check looked at still passes: the cat and the espresso are found...
     top5 = np.argsort(-logits, axis=1)[:, :5]
     assert set(top5[0]) & set(range(281, 286)) and 967 in top5[1]

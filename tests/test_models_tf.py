@@ -13,7 +13,7 @@ import pytest
 
 import helpers.models as hm
 from helpers.models import weights
-from helpers.models.nets import mobilenet_v2
+from helpers.models.runtimes import tf as tf_runtime
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_hub")
@@ -38,12 +38,12 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tf_extractor(model_cache: Path) -> hm.FeatureExtractor:
-    return hm.load_extractor("tf", cache_dir=model_cache)
+    return hm.load_extractor("mobilenet_v2", "tf", cache_dir=model_cache)
 
 
 @pytest.fixture(scope="module")
 def onnx_extractor(model_cache: Path) -> hm.FeatureExtractor:
-    return hm.load_extractor("onnx", cache_dir=model_cache)
+    return hm.load_extractor("mobilenet_v2", "onnx", cache_dir=model_cache)
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +55,17 @@ def style() -> hm.StyleExtractor:
 
 
 def test_keras_imagenet_top5(photos: dict[str, np.ndarray]) -> None:
-    clf = hm.load_classifier("tf")
+    clf = hm.load_classifier("mobilenet_v2", "tf")
     top = clf.top_k(np.stack([photos["chelsea"], photos["coffee"]]), k=5)
     assert {i for i, _, _ in top[0]} & set(range(281, 286)), top[0]
     assert 967 in {i for i, _, _ in top[1]}, top[1]
 
 
 def test_saved_model_is_cached(model_cache: Path, tf_extractor: hm.FeatureExtractor) -> None:
-    path = model_cache / mobilenet_v2.SAVED_MODEL_NAME
+    path = model_cache / tf_runtime.SAVED_MODEL_NAME
     assert Path(tf_extractor.handle) == path and (path / "saved_model.pb").is_file()
     mtime = (path / "saved_model.pb").stat().st_mtime_ns
-    assert mobilenet_v2.ensure_saved_model(model_cache) == path  # reused, not re-exported
+    assert tf_runtime.ensure_saved_model(model_cache) == path  # reused, not re-exported
     assert (path / "saved_model.pb").stat().st_mtime_ns == mtime
     assert not [p for p in model_cache.iterdir() if p.name.startswith((".tmp", ".old"))]
 
@@ -74,7 +74,7 @@ def test_tf_extractor_crops_closer_than_other_photo(
     tf_extractor: hm.FeatureExtractor, batch: np.ndarray
 ) -> None:
     _, coffee, a, b = tf_extractor(batch)
-    assert tf_extractor.dim == 1280 and tf_extractor.meta()["backend"] == "tf"
+    assert tf_extractor.dim == 1280 and tf_extractor.meta()["runtime"] == "tf"
     assert _cos(a, b) > max(_cos(a, coffee), _cos(b, coffee)) + 0.1
 
 
@@ -86,7 +86,7 @@ def test_keras_and_onnx_agree(
         diff = np.abs(tf_extractor(images) - onnx_extractor(images)).max()
         assert diff < 1e-5, diff  # each is within 1e-5 of torchvision too
     # Same weights, same preprocessing: vectors from either backend are interchangeable.
-    strip = ("backend",)
+    strip = ("runtime",)
     assert {k: v for k, v in tf_extractor.meta().items() if k not in strip} == {
         k: v for k, v in onnx_extractor.meta().items() if k not in strip
     }
@@ -97,7 +97,7 @@ def test_saved_model_reload_matches_keras(
 ) -> None:
     import tensorflow_hub as hub
 
-    keras_model = mobilenet_v2.build_keras_mobilenet_v2(include_top=False)
+    keras_model = tf_runtime.build_keras_mobilenet_v2(include_top=False)
     direct = keras_model(batch, training=False).numpy()
     reloaded = hub.KerasLayer(tf_extractor.handle)(batch).numpy()
     np.testing.assert_allclose(reloaded, direct, atol=1e-5)

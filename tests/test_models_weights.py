@@ -1,4 +1,4 @@
-"""helpers.models without TensorFlow: checkpoint readers, the ONNX backend, plumbing."""
+"""helpers.models without TensorFlow: checkpoint readers, the ONNX runtime, plumbing."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 import helpers.models as hm
 from helpers.models import weights
-from helpers.models.runtimes import onnx as onnx_backend
+from helpers.models.nets import mobilenet_v2
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -218,28 +218,30 @@ def test_check_batch_rejects_common_mistakes() -> None:
         hm.check_batch(img[0])
 
 
-def test_unknown_backend() -> None:
-    with pytest.raises(ValueError, match="backend"):
+def test_unknown_model_or_runtime() -> None:
+    with pytest.raises(ValueError, match="model"):
         hm.load_extractor("torch")
+    with pytest.raises(ValueError, match="runtime"):
+        hm.load_extractor("mobilenet_v2", "torch")
     with pytest.raises(ValueError, match="model_handle"):
-        hm.load_extractor("onnx", model_handle="https://tfhub.dev/x")
+        hm.load_extractor("mobilenet_v2", "onnx", model_handle="https://tfhub.dev/x")
 
 
-# ---------------------------------------------------------------------- ONNX backend
+# ---------------------------------------------------------------------- ONNX runtime
 
 
 def test_onnx_cache_is_built_once_and_rebuilt_when_stale(onnx_cache: Path) -> None:
-    path = onnx_backend.ensure_onnx_model(onnx_cache)
+    path = mobilenet_v2.ensure_onnx_model(onnx_cache)
     assert path.parent == onnx_cache and path.is_file()
     mtime = path.stat().st_mtime_ns
-    assert onnx_backend.ensure_onnx_model(onnx_cache).stat().st_mtime_ns == mtime
+    assert mobilenet_v2.ensure_onnx_model(onnx_cache).stat().st_mtime_ns == mtime
     path.write_bytes(b"not an onnx model")  # e.g. truncated by a crash elsewhere
-    assert onnx_backend.ensure_onnx_model(onnx_cache).stat().st_size > 10_000_000
+    assert mobilenet_v2.ensure_onnx_model(onnx_cache).stat().st_size > 10_000_000
     assert not [p for p in onnx_cache.iterdir() if p.name.startswith(".tmp")]
 
 
 def test_onnx_imagenet_top5(photos: dict[str, np.ndarray], onnx_cache: Path) -> None:
-    clf = hm.load_classifier("onnx", cache_dir=onnx_cache)
+    clf = hm.load_classifier("mobilenet_v2", "onnx", cache_dir=onnx_cache)
     top = clf.top_k(np.stack([photos["chelsea"], photos["coffee"]]), k=5)
     assert {i for i, _, _ in top[0]} & set(range(281, 286)), top[0]  # a domestic cat
     assert 967 in {i for i, _, _ in top[1]}, top[1]  # espresso
@@ -248,7 +250,8 @@ def test_onnx_imagenet_top5(photos: dict[str, np.ndarray], onnx_cache: Path) -> 
 
 
 def test_onnx_extractor(photos: dict[str, np.ndarray], onnx_cache: Path) -> None:
-    ext = hm.load_extractor("onnx", cache_dir=onnx_cache, intra_op_threads=2, batch_size=3)
+    ext = hm.load_extractor("mobilenet_v2", "onnx", cache_dir=onnx_cache, intra_op_threads=2,
+                            batch_size=3)
     batch = np.stack([photos[k] for k in ("crop_a", "crop_b", "coffee", "chelsea")])
     vecs = ext(batch)  # 4 images in chunks of 3
     assert ext.dim == 1280 and vecs.shape == (4, 1280) and vecs.dtype == np.float32
@@ -259,7 +262,7 @@ def test_onnx_extractor(photos: dict[str, np.ndarray], onnx_cache: Path) -> None
     # Any image size works (dynamic H and W).
     assert ext(np.random.default_rng(0).random((1, 181, 157, 3), np.float32)).shape == (1, 1280)
     meta = ext.meta()
-    assert meta["backend"] == "onnx" and meta["dim"] == 1280
+    assert meta["model"] == "mobilenet_v2" and meta["runtime"] == "onnx" and meta["dim"] == 1280
     assert meta["weights"] == "mobilenet_v2-b0353104.pth"
     assert meta["weights_sha256"].startswith("b0353104")
     json.dumps(meta)  # stored beside vector stores
@@ -308,7 +311,7 @@ def test_cached_models_are_world_readable(tmp_path: Path) -> None:
 
     old = os.umask(0o022)
     try:
-        path = onnx_backend.ensure_onnx_model(tmp_path)
+        path = mobilenet_v2.ensure_onnx_model(tmp_path)
         folder = cache.publish_dir(tmp_path / "saved", lambda d: (d / "x.pb").write_bytes(b"x"))
     finally:
         os.umask(old)

@@ -289,7 +289,7 @@ def test_image_level_index(tmp_path, app_artifacts, sample_bson):
     shutil.copytree(app_artifacts / "catalogue", root / "catalogue")
     ws = Workspace(root)
     catalogue = ParquetCatalogue.open(find_catalogues(root)[0][0])
-    store = ws.vectors(catalogue, ws.images(sample_bson), load_extractor("onnx"),
+    store = ws.vectors(catalogue, ws.images(sample_bson), load_extractor("mobilenet_v2", "onnx"),
                        image_size=180, level="image", progress=False)
     assert len(store) > len(catalogue)  # several pictures a product
     build_index("faiss", store.vectors, store.item_ids,

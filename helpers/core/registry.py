@@ -1,5 +1,6 @@
 """Name -> class, imported on first use: the extension point of the index methods
-(``helpers.index.METHODS``) and of the extractor backends (``helpers.models.BACKENDS``).
+(``helpers.index.METHODS``) and of the networks and runtimes of the extractors
+(``helpers.models.NETS``, ``helpers.models.RUNTIMES``).
 
 Adding one is one module with the class and one line in the registry. Nothing is imported
 until it is asked for, so TensorFlow, OpenVINO or FAISS load only for what needs them.

@@ -35,7 +35,7 @@ class Method:
     """
 
     name: str  # "onnx-224/hnsw" (a comparison) or the engine, "faiss" (an app)
-    model: str = ""  # "style" or an extractor backend ("onnx"); "" when not told
+    model: str = ""  # "style", a runtime (MobileNetV2 on it) or a network; "" if not told
     image_size: int | None = None  # picture side the vectors are made at (None: the store's)
     kind: str = ""  # the index kind, one of INDEXES (a comparison)
     label: str = ""  # the name people read ("" -> name)

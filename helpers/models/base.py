@@ -1,11 +1,14 @@
-"""The feature-extractor interface every backend implements, and what input it wants.
+"""The feature-extractor interface every runtime implements, and what input it wants.
 
-``extractor(batch)`` takes RGB [N, H, W, 3] either as float in [0, 1] (what every
-backend has always taken) or as uint8 0..255, and returns float32 [N, dim]. A backend
-says which of the two it prefers in ``extractor.input_spec``: a caller that holds uint8
-pictures (the embedding pipeline) hands them over as they are to a ``"uint8"`` backend,
-which scales inside its graph, and skips a float conversion that costs more memory
-traffic than the conversion's arithmetic.
+An extractor is a network (``helpers.models.NETS``, :mod:`helpers.models.nets.base`) run
+by a runtime (``helpers.models.RUNTIMES``): ``extractor(batch)`` takes RGB [N, H, W, 3]
+either as float in [0, 1] (what every runtime has always taken) or as uint8 0..255, and
+returns float32 [N, dim]. A runtime says which of the two it prefers in
+``extractor.input_spec``: a caller that holds uint8 pictures (the embedding pipeline)
+hands them over as they are to a ``"uint8"`` runtime, which scales inside its graph, and
+skips a float conversion that costs more memory traffic than the conversion's arithmetic.
+
+Imports: numpy only.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ INPUT_DTYPES = ("float32", "uint8")
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The pictures a backend wants, to skip conversions it would only undo.
+    """The pictures a runtime wants, to skip conversions it would only undo.
 
     dtype: ``"float32"`` (RGB in [0, 1]) or ``"uint8"`` (RGB 0..255, scaled inside
         the model). Either is accepted by ``__call__``; this is the one that costs nothing.
-    size: square side the backend is built or tuned for, or None when any size works
+    size: square side the runtime is built or tuned for, or None when any size works
         at the same cost (the caller's ``image_size`` decides).
     """
 
@@ -64,11 +67,11 @@ def check_batch(batch: Any) -> np.ndarray:
 
 
 def as_model_input(batch: Any, spec: InputSpec) -> np.ndarray:
-    """A batch as a backend with ``spec`` takes it: uint8 kept for a uint8 backend.
+    """A batch as a runtime with ``spec`` takes it: uint8 kept for a uint8 runtime.
 
-    uint8 pictures are unambiguous (0..255); for a float backend they become
+    uint8 pictures are unambiguous (0..255); for a float runtime they become
     float32 / 255. Float pictures are checked to lie in [0, 1] and stay float32:
-    a uint8 backend takes them too (through its float input), never rounded.
+    a uint8 runtime takes them too (through its float input), never rounded.
     """
     arr = np.asarray(batch)
     if arr.dtype == np.uint8:
@@ -84,14 +87,16 @@ class FeatureExtractor(abc.ABC):
 
     ``extractor(batch)`` takes RGB [N, H, W, 3], float in [0, 1] or uint8, and returns
     float32 [N, dim]. Large batches are processed ``batch_size`` images at a time.
-    Subclasses set ``name``, ``dim``, ``backend``, ``precision``, ``input_spec`` and
-    ``_meta`` (model identity: weights file and hash), and implement ``_forward``.
+    Subclasses set ``name``, ``dim``, ``model`` (the network's name), ``runtime``,
+    ``precision``, ``input_spec`` and ``_meta`` (model identity: name, weights file and
+    hash), and implement ``_forward``.
     """
 
     name: str
     dim: int
-    backend: str
-    precision: str = "fp32"  # arithmetic of the forward pass: fp32, bf16, int8
+    model: str  # the network: a name in helpers.models.NETS
+    runtime: str  # what runs it: a name in helpers.models.RUNTIMES
+    precision: str = "fp32"  # arithmetic the forward pass really runs: fp32, bf16, int8
     input_spec: InputSpec = InputSpec()
     batch_size: int = 32
     _meta: dict[str, Any]
@@ -101,15 +106,16 @@ class FeatureExtractor(abc.ABC):
         """Embeddings of one chunk, as :func:`as_model_input` made it."""
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError(f"backend {self.backend!r} has no ImageNet head")
+        raise NotImplementedError(f"runtime {self.runtime!r} has no ImageNet head")
 
     def meta(self) -> dict[str, Any]:
-        """What produced the vectors: model, weights (+ sha256 prefix), backend, precision.
+        """What produced the vectors: model, weights (+ sha256 prefix), runtime, precision.
 
         Stored beside vectors (the vector store's ``made_by``); vectors whose meta
-        differ are never mixed.
+        differ are never mixed. ``helpers.models.extractor_args`` maps it back to the
+        ``load_extractor`` arguments that make the same vectors.
         """
-        return {**self._meta, "backend": self.backend, "precision": self.precision}
+        return {**self._meta, "runtime": self.runtime, "precision": self.precision}
 
     def _chunked(self, fn: Any, batch: Any, width: int) -> np.ndarray:
         arr = as_model_input(batch, self.input_spec)
@@ -122,10 +128,10 @@ class FeatureExtractor(abc.ABC):
         return self._chunked(self._forward, batch, self.dim)
 
     def logits(self, batch: Any) -> np.ndarray:
-        """ImageNet logits [N, 1000], where the backend's graph has the head."""
+        """ImageNet logits [N, 1000], where the runtime's graph has the head."""
         return self._chunked(self._logits, batch, 1000)
 
     def __repr__(self) -> str:
         kind = type(self).__name__
-        return (f"{kind}(name={self.name!r}, dim={self.dim}, backend={self.backend!r}, "
+        return (f"{kind}(model={self.name!r}, dim={self.dim}, runtime={self.runtime!r}, "
                 f"precision={self.precision!r})")

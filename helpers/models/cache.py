@@ -3,6 +3,8 @@
 Cached files are shared by every user of a machine (an app's service account reads
 the notebook user's ``.onnx``), so they are published world-readable (files 0644,
 folders 0755) and fsynced before the rename (``helpers.core.artifacts`` does both).
+
+Imports: the standard library and ``helpers.core.artifacts``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""ImageNet helpers shared by every backend: picture preparation, class names, classifier.
+"""ImageNet helpers shared by every runtime: picture preparation, class names, classifier.
 
-The extractor interface itself is in :mod:`helpers.models.base`; the backends are
-in their own modules (``onnx_backend``, ``tf_backend``, ``openvino_backend``).
+The extractor interface itself is in :mod:`helpers.models.base`; the networks are under
+``helpers/models/nets/``, the runtimes under ``helpers/models/runtimes/``.
+Imports: numpy, PIL (lazily), :mod:`helpers.models`; TensorFlow only through runtimes.tf.
 """
 
 from __future__ import annotations
@@ -58,32 +59,38 @@ def imagenet_classes() -> list[str]:
 
 
 class ImageNetClassifier:
-    """A backend's network with its ImageNet head, to check the weights on real photos.
+    """A network with its ImageNet head, on a runtime, to check the weights on real photos.
 
-    ``"tf"`` builds the Keras model with its Dense(1000) head in memory; every other
-    backend uses its graph's ``logits`` output (``extractor.logits``), so the same
-    check covers each backend and precision.
+    Runtime ``"tf"`` builds the Keras MobileNetV2 with its Dense(1000) head in memory;
+    every other runtime uses its graph's ``logits`` output (``extractor.logits``), so the
+    same check covers each network, runtime and precision.
     """
 
     def __init__(
         self,
-        backend: str = "onnx",
+        model: str = "mobilenet_v2",
+        runtime: str = "onnx",
         cache_dir: str | Path | None = None,
         intra_op_threads: int | None = None,
         **options: Any,
     ) -> None:
-        self.backend = backend
+        self.model = model
+        self.runtime = runtime
         self.classes = imagenet_classes()
         self._logits: Callable[[np.ndarray], np.ndarray]
-        if backend == "tf":
+        if runtime == "tf":
+            from helpers.models.nets.mobilenet_v2 import MODEL_NAME
             from helpers.models.runtimes.tf import keras_logits
 
+            if model != MODEL_NAME:
+                raise ValueError(f"runtime 'tf' has the head of {MODEL_NAME!r} only, not "
+                                 f"{model!r}")
             fn = keras_logits()
             self._logits = lambda x: fn(check_batch(x))
         else:
             from helpers.models import load_extractor
 
-            ext = load_extractor(backend, cache_dir=cache_dir,
+            ext = load_extractor(model, runtime, cache_dir=cache_dir,
                                  intra_op_threads=intra_op_threads, **options)
             self._logits = ext.logits
 

@@ -1,4 +1,4 @@
-"""int8 post-training quantisation of the ONNX MobileNetV2 (onnxruntime static QDQ).
+"""int8 post-training quantisation of a network's ONNX graph (onnxruntime static QDQ).
 
 The fp32 graph gets QuantizeLinear/DequantizeLinear pairs around every convolution:
 weights int8 per output channel, activations uint8 with ranges calibrated on real
@@ -9,6 +9,9 @@ Calibration pictures decide the activation ranges, so they identify the model: t
 hash goes into the file name and the extractor's meta. By default they are the first
 ``n`` pictures of the built-in sample (always at hand); pass a real catalogue's
 pictures for ranges closer to real products.
+
+Imports: numpy, :mod:`helpers.models.cache`; ``onnxruntime.quantization``, ``onnx``
+and the BSON reader lazily.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import numpy as np
 
 from helpers.models import cache
 
-__all__ = ["calibration_pictures", "ensure_int8_model", "pictures_sha256"]
+__all__ = ["calibration_pictures", "ensure_int8_model", "int8_graph", "pictures_sha256"]
 
 log = logging.getLogger(__name__)
 
 RECIPE = "v3"  # bump when the quantisation settings change: the cached file is rebuilt
-FLOAT_CONVS = ("features_0_0", "features_18_0")  # node names: see onnx_backend
+# MobileNetV2's first and last convolutions (node names: see helpers.models.onnx_graph);
+# another network passes its own (Net.float_convs).
+FLOAT_CONVS = ("features_0_0", "features_18_0")
 
 
 def calibration_pictures(bson_path: str | Path | None = None, n: int = 300,
@@ -93,9 +98,11 @@ def _name_nodes(path: Path) -> None:
 
 
 def ensure_int8_model(fp32_path: str | Path, pictures: np.ndarray,
-                      method: str = "MinMax") -> Path:
+                      method: str = "MinMax",
+                      float_convs: tuple[str, ...] = FLOAT_CONVS) -> Path:
     """The QDQ int8 ``.onnx`` beside ``fp32_path``, calibrated on ``pictures`` (uint8).
 
+    float_convs: node names of the convolutions kept in float (first and last).
     Built once per calibration set (atomically, world-readable) and reused after.
     """
     from onnxruntime.quantization import (
@@ -128,8 +135,21 @@ def ensure_int8_model(fp32_path: str | Path, pictures: np.ndarray,
             # Not the first convolution (it sees the raw picture) nor the last (its
             # output, averaged, IS the feature vector: uint8 steps there would be steps
             # in every feature), with their ReLU6; nor the pooling and the head.
-            nodes_to_exclude=[*FLOAT_CONVS, *(f"{c}_relu6" for c in FLOAT_CONVS),
+            nodes_to_exclude=[*float_convs, *(f"{c}_relu6" for c in float_convs),
                               "pool", "flatten", "head"],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         return cache.publish_file(final, out.read_bytes())
+
+
+def int8_graph(fp32_path: Path, float_convs: tuple[str, ...],
+               calibration: str | Path | None, n: int) -> tuple[Path, str]:
+    """(the int8 graph of ``fp32_path``, its ``calibration`` meta entry): calibrated on
+    the first ``n`` pictures of ``calibration`` (a BSON file; None: the built-in sample).
+
+    The meta entry (``"<file name or sample>:<n>:<pictures hash>"``) identifies the ranges.
+    """
+    pictures = calibration_pictures(calibration, n)
+    path = ensure_int8_model(fp32_path, pictures, float_convs=float_convs)
+    name = Path(calibration).name if calibration else "sample"
+    return path, f"{name}:{len(pictures)}:{pictures_sha256(pictures)}"

@@ -232,19 +232,22 @@ def _scan_task(bson_path: str, work: str, start: int, end: int, categories: str 
 # ---------------------------------------------------------------- embedding
 
 
-def extractor_recipe(backend: str = "onnx", model_handle: str | None = None,
-                     threads: int = 1, cache_dir: str | None = None) -> Callable[[], Any]:
-    """A picklable recipe for ``models.load_extractor(backend, ...)``, called once per
-    worker; ``threads`` per forward pass (1: one core a single-threaded worker)."""
+def extractor_recipe(model: str = "mobilenet_v2", runtime: str = "onnx",
+                     model_handle: str | None = None, threads: int = 1,
+                     cache_dir: str | None = None, precision: str | None = None,
+                     ) -> Callable[[], Any]:
+    """A picklable recipe for ``models.load_extractor(model, runtime, ...)``, called once
+    per worker; ``threads`` per forward pass (1: one core a single-threaded worker)."""
     from helpers.models import load_extractor
 
-    return functools.partial(load_extractor, backend, model_handle, cache_dir=cache_dir,
+    return functools.partial(load_extractor, model, runtime, precision,
+                             model_handle=model_handle, cache_dir=cache_dir,
                              intra_op_threads=threads)
 
 
 def onnx_extractor(threads: int = 1, cache_dir: str | None = None) -> Callable[[], Any]:
     """The recipe of the ONNX MobileNetV2 extractor (the default)."""
-    return extractor_recipe("onnx", None, threads, cache_dir)
+    return extractor_recipe("mobilenet_v2", "onnx", None, threads, cache_dir)
 
 
 _WORKER_EXTRACTORS: dict[str, Any] = {}

@@ -45,7 +45,9 @@ ENV_WORK_DIR = "VPS_ARTIFACTS"
 ENV_BSON = "VPS_BSON"
 ENV_MONGO = "VPS_MONGO_URI"
 
-FEATURE_MODEL = "mobilenet_v2_100"  # prefix of the MobileNetV2 model name in meta.json
+# prefix of the MobileNetV2 model name in meta.json: "mobilenet_v2" (older stores:
+# "mobilenet_v2_100_imagenet_torchvision")
+FEATURE_MODEL = "mobilenet_v2"
 STYLE_MODEL = "vgg16_gram_style"  # prefix of the VGG16 Gram style model name
 
 # What builds each artifact, for the messages.
@@ -369,7 +371,8 @@ def build_serving_artifacts(work_dir: str | os.PathLike, bson_path: str | os.Pat
     ws = Workspace(work_dir)
     catalogue = ws.catalogue(bson_path, categories_path, limit=limit)
     images = ws.images(bson_path)
-    store = ws.vectors(catalogue, images, load_extractor("onnx"), image_size=image_size,
+    store = ws.vectors(catalogue, images, load_extractor("mobilenet_v2", "onnx"),
+                       image_size=image_size,
                        level="product", progress=False)
     cats = catalogue.category_ids(store.product_ids)
     for name, method, params in (("faiss-" + factory.replace(",", "_"), "faiss",

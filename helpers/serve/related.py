@@ -352,7 +352,8 @@ class Related:
             if self._extractor is None:
                 from helpers.models import load_extractor
 
-                self._extractor = load_extractor("onnx", intra_op_threads=self.onnx_threads)
+                self._extractor = load_extractor("mobilenet_v2", "onnx",
+                                                 intra_op_threads=self.onnx_threads)
             return self._extractor
 
 

@@ -180,8 +180,9 @@ class ShardedVectorStore(StoreReads):
 
     def __repr__(self) -> str:
         m = self.made_by
+        runtime = m.get("runtime") or m.get("backend", "")
         return (f"ShardedVectorStore({len(self)} x {self.dim} in {len(self.shards)} shards, "
-                f"{m.get('level')} level, {m.get('model')} {m.get('backend', '')} "
+                f"{m.get('level')} level, {m.get('model')} {runtime} "
                 f"@ {m.get('image_size')}px)")
 
 

@@ -191,7 +191,7 @@ class VectorStore(StoreReads):
     """A finished store, memory-mapped: ``store.vectors`` is an ``np.memmap``.
 
     expect: settings the store must have been made with, e.g. ``{"image_size": 224,
-        "level": "image", "backend": "onnx"}``, or ``{"catalogue_sha256": ...}``; any
+        "level": "image", "runtime": "onnx"}``, or ``{"catalogue_sha256": ...}``; any
         difference is refused (VectorStoreError) with the differences named.
     The manifest is checked against ``meta.json`` on open: a store whose files were
     swapped or edited by hand is refused.
@@ -235,4 +235,5 @@ class VectorStore(StoreReads):
     def __repr__(self) -> str:
         m = self.made_by
         return (f"VectorStore({len(self)} x {self.dim}, {m.get('level')} level, "
-                f"{m.get('model')} {m.get('backend', '')} @ {m.get('image_size')}px)")
+                f"{m.get('model')} {m.get('runtime') or m.get('backend', '')} "
+                f"@ {m.get('image_size')}px)")

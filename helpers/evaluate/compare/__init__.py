@@ -3,9 +3,10 @@
 A *method* is an embedding and an index, written ``"<embedding>/<index>"``
 (``helpers.evaluate.method``):
 
-- embeddings: ``style-180`` (VGG16 Gram style vectors at 180 px), ``<backend>-<size>``
-  for MobileNetV2 from any backend in ``helpers.models.BACKENDS`` (``onnx-224``,
-  ``onnx-180``, ``openvino-224`` when that backend exists);
+- embeddings: ``style-180`` (VGG16 Gram style vectors at 180 px), ``<runtime>-<size>``
+  for MobileNetV2 on any runtime in ``helpers.models.RUNTIMES`` (``onnx-224``,
+  ``onnx-180``, ``openvino-224`` when that runtime exists), ``<model>-<size>`` for
+  another network of ``helpers.models.NETS`` on onnx (``efficientnet_lite2-224``);
 - indexes: ``exact`` (numpy), ``flat`` / ``ivf`` / ``hnsw`` / ``ivfpq`` (FAISS),
   ``annoy``, ``elasticsearch`` (when registered in ``helpers.index.METHODS`` and a node
   answers). IVF lists and PQ codes are sized from the number of vectors.
@@ -19,7 +20,7 @@ Every method is measured on the same products and pictures:
   latency p50/p99 one query at a time, QPS of a batch, and each approximate index's
   speed knob swept (``helpers.evaluate.sweep``).
 
-A method that cannot run here (an unknown backend, no Elasticsearch node) is *skipped*
+A method that cannot run here (an unknown model or runtime, no Elasticsearch node) is *skipped*
 with its reason; the others are still compared.
 
     run = compare(ws, catalogue, ws.images(bson_path), methods=DEFAULT_METHODS)

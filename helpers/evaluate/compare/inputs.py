@@ -51,15 +51,18 @@ class Vectors:
 
 
 def load_embedder(model: str) -> Any:
-    """The extractor of an embedding's model: "style" (VGG16) or a MobileNetV2 backend."""
+    """The extractor of an embedding's model: "style" (VGG16), a runtime (MobileNetV2 on
+    it) or a network (on onnx)."""
     from helpers import models
 
     if model == "style":
         return models.load_style_extractor()
-    if model not in models.BACKENDS:
-        raise LookupError(f"no extractor backend {model!r} in helpers.models.BACKENDS "
-                          f"({', '.join(models.BACKENDS)})")
-    return models.load_extractor(model)
+    if model in models.RUNTIMES:
+        return models.load_extractor("mobilenet_v2", model)
+    if model in models.NETS:
+        return models.load_extractor(model, "onnx")
+    raise LookupError(f"no runtime or model {model!r} in helpers.models.RUNTIMES "
+                      f"({', '.join(models.RUNTIMES)}) or NETS ({', '.join(models.NETS)})")
 
 
 def embed(ws: Any, catalogue: Catalogue, images: Any, method: Method, **kw: Any) -> Vectors:

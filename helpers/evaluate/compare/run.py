@@ -5,7 +5,7 @@ from the first embedding that comes, measures each method (``measure``) and gath
 `Comparison` (``report``). A method that cannot run here is skipped with its reason.
 
 Imports helpers.evaluate (method, compare.inputs, compare.measure, compare.report);
-helpers.models only to list the backends.
+helpers.models only to list the runtimes and networks.
 """
 
 from __future__ import annotations
@@ -41,18 +41,20 @@ DEFAULT_METHODS = (
     "onnx-224/annoy",
     "onnx-224/elasticsearch",
 )
-# Backends that compute the very same MobileNetV2 vectors as ONNX (TF: within 1e-5): not
-# worth a row of their own. Any other backend of helpers.models joins the defaults.
+# Runtimes that compute the very same MobileNetV2 vectors as ONNX (TF: within 1e-5): not
+# worth a row of their own. Any other runtime or network of helpers.models joins the defaults.
 SAME_AS_ONNX = {"onnx", "tf"}
 
 
 def default_methods() -> list[str]:
-    """DEFAULT_METHODS, plus exact search on every extra embedding backend registered in
-    ``helpers.models.BACKENDS`` (e.g. "openvino-224/exact"), at 224 and 180 px."""
+    """DEFAULT_METHODS, plus exact search on every extra runtime in ``helpers.models.RUNTIMES``
+    (MobileNetV2, e.g. "openvino-224/exact") and every other network in ``NETS`` (on onnx,
+    e.g. "efficientnet_lite2-224/exact"), at 224 and 180 px."""
     from helpers import models
 
-    extra = [f"{b}-{size}/exact" for b in models.BACKENDS if b not in SAME_AS_ONNX
-             for size in (224, 180)]
+    names = [r for r in models.RUNTIMES if r not in SAME_AS_ONNX]
+    names += [n for n in models.NETS if n != "mobilenet_v2"]
+    extra = [f"{b}-{size}/exact" for b in names for size in (224, 180)]
     return [*DEFAULT_METHODS, *extra]
 
 

@@ -1,10 +1,14 @@
-"""Backend ``"openvino"``: the same ONNX MobileNetV2 graph, run by OpenVINO in bf16.
+"""Runtime ``"openvino"``: a network's ONNX graph run by OpenVINO, in bf16 where the CPU can.
 
-OpenVINO reads the cached ``.onnx`` file (:func:`~helpers.models.runtimes.onnx.ensure_onnx_model`)
-directly. Two things make it faster than onnxruntime fp32 on this CPU:
+OpenVINO reads the network's cached ``.onnx`` file (``Net.ensure_onnx``) directly, so
+every network with an ONNX graph runs here (MobileNetV2, EfficientNet-Lite2).
+Two things make it faster than onnxruntime fp32 on a recent CPU:
 
 * ``INFERENCE_PRECISION_HINT=bf16``: convolutions run on the AVX-512 BF16 (or AMX)
-  units, accumulating in float32; ``precision="f32"`` turns it off.
+  units, accumulating in float32; ``precision="fp32"`` turns it off. A CPU without
+  them (``BF16`` missing from the CPU device's ``OPTIMIZATION_CAPABILITIES``, e.g. an
+  AVX2-only one) runs fp32 whatever is asked: the extractor then says ``precision
+  == "fp32"`` (and so does its meta), and logs the fallback (:func:`runtime_precision`).
 * uint8 input: a pre-processing step converts and scales 0..255 pictures inside the
   graph (fused into the first convolution), so callers skip a float copy of the batch
   (``input_spec.dtype == "uint8"``). Float [0, 1] batches work too, through a second
@@ -22,8 +26,10 @@ bf16 features differ from fp32 by 1-2.5% of their norm at most (cosine >= 0.993,
 neighbours it finds are checked against fp32 in ``bench/bench_embed.py``.
 
 ``precision="int8"`` runs the QDQ graph of :mod:`helpers.models.quantize` (int8
-convolutions on VNNI, the rest in bf16): faster still, but see that module for its
-quality; ``precision="fp32"`` is the plain graph.
+convolutions on VNNI, the rest in bf16 where the CPU has it, else fp32): faster still,
+but see that module for its quality; ``precision="fp32"`` is the plain graph.
+
+Imports: numpy, :mod:`helpers.models`; ``openvino`` when an extractor is made.
 """
 
 from __future__ import annotations
@@ -37,10 +43,9 @@ from typing import Any
 import numpy as np
 
 from helpers.models.base import FeatureExtractor, InputSpec
-from helpers.models.nets import mobilenet_v2
-from helpers.models.runtimes import onnx as onnx_backend
+from helpers.models.nets.base import Net
 
-__all__ = ["PRECISIONS", "OpenVinoFeatureExtractor"]
+__all__ = ["PRECISIONS", "OpenVinoFeatureExtractor", "cpu_capabilities", "runtime_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +53,44 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"bf16": "bf16", "fp32": "f32", "int8": "bf16"}
 
 
-class OpenVinoFeatureExtractor(FeatureExtractor):
-    """MobileNetV2 features through OpenVINO's CPU plugin, bf16 by default, uint8 input."""
+def cpu_capabilities(core: Any = None) -> list[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU device (``"BF16"``, ``"INT8"``...)."""
+    if core is None:
+        import openvino as ov
 
-    backend = "openvino"
+        core = ov.Core()
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def runtime_precision(requested: str, capabilities: list[str]) -> tuple[str, str]:
+    """(the precision that really runs, OpenVINO's inference precision hint for it).
+
+    bf16 needs ``"BF16"`` among the CPU's capabilities (AVX-512 BF16 or AMX); without
+    it OpenVINO would silently compute in f32, so fp32 is what runs, and what is said.
+    int8 stays int8 (its graph is int8 either way); what it keeps in float runs bf16
+    where the CPU can, f32 elsewhere.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, not {requested!r}")
+    hint = PRECISIONS[requested]
+    if hint == "bf16" and "BF16" not in capabilities:
+        return ("fp32" if requested == "bf16" else requested), "f32"
+    return requested, hint
+
+
+class OpenVinoFeatureExtractor(FeatureExtractor):
+    """A network's features through OpenVINO's CPU plugin, bf16 by default, uint8 input.
+
+    ``precision`` is what the CPU really runs (see :func:`runtime_precision`), not
+    necessarily what was asked.
+    """
+
+    runtime = "openvino"
     input_spec = InputSpec("uint8")
 
     def __init__(
         self,
-        model_handle: str | None = None,
+        net: Net,
         *,
         cache_dir: str | Path | None = None,
         intra_op_threads: int | None = None,
@@ -66,37 +100,33 @@ class OpenVinoFeatureExtractor(FeatureExtractor):
         calibration_pictures: int = 300,
         static_batch: int = 64,
     ) -> None:
-        if model_handle is not None:
-            raise ValueError("model_handle is only supported by backend='tf'")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, not {precision!r}")
         import openvino as ov
 
         self._ov = ov
-        self.precision = precision
-        self.path = onnx_backend.ensure_onnx_model(cache_dir)
-        self._meta = mobilenet_v2.weights_meta()
+        self._core = ov.Core()
+        self.capabilities = cpu_capabilities(self._core)
+        self.precision, self._hint = runtime_precision(precision, self.capabilities)
+        if PRECISIONS[precision] != self._hint:
+            # OpenVINO would fall back silently: the meta would lie if we did not say so.
+            log.warning("this CPU has no bf16 support (capabilities %s): %s runs as %s with "
+                        "f32 arithmetic", self.capabilities, precision, self.precision)
+        self.path = net.ensure_onnx(cache_dir)
+        self._meta = net.weights_meta()
         if precision == "int8":  # calibrated on catalogue pictures: they identify it
             from helpers.models import quantize
 
-            pictures = quantize.calibration_pictures(calibration, calibration_pictures)
-            self.path = quantize.ensure_int8_model(self.path, pictures)
-            self._meta["calibration"] = (f"{Path(calibration).name if calibration else 'sample'}"
-                                         f":{len(pictures)}:{quantize.pictures_sha256(pictures)}")
+            self.path, self._meta["calibration"] = quantize.int8_graph(
+                self.path, net.float_convs(), calibration, calibration_pictures)
         self.threads = int(intra_op_threads or os.cpu_count() or 1)
-        self.name = mobilenet_v2.MODEL_NAME
-        self.dim = mobilenet_v2.FEATURE_DIM
+        self.name = self.model = net.name
+        self.dim = net.dim
         self.batch_size = batch_size
         self.static_batch = static_batch
-        self._core = ov.Core()
         self._source = self._core.read_model(str(self.path))
         self._compiled: dict[tuple[str, int, int], Any] = {}
         self._lock = threading.Lock()
-        supported = self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        if precision == "bf16" and "BF16" not in supported:
-            # OpenVINO would silently fall back to f32: say so, the meta would lie otherwise.
-            log.warning("this CPU has no bf16 support (%s): running fp32", supported)
-            self.precision = "fp32"
 
     def _model(self, dtype: np.dtype, batch: int, height: int, width: int) -> Any:
         """The compiled model for this input dtype, batch (-1: dynamic) and picture size."""
@@ -119,11 +149,11 @@ class OpenVinoFeatureExtractor(FeatureExtractor):
             ppp.input("images").preprocess().convert_element_type(ov.Type.f32).scale(255.0)
             model = ppp.build()
         config = {
-            "INFERENCE_PRECISION_HINT": PRECISIONS[self.precision],
+            "INFERENCE_PRECISION_HINT": self._hint,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": str(self.threads),
         }
-        log.info("compiling MobileNetV2 for OpenVINO: %s, batch %s, %dx%d, %s", dtype,
+        log.info("compiling %s for OpenVINO: %s, batch %s, %dx%d, %s", self.model, dtype,
                  batch if batch > 0 else "dynamic", height, width, config)
         compiled = self._core.compile_model(model, "CPU", config)
         return compiled, compiled.create_infer_request()
