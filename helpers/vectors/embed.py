@@ -36,10 +36,11 @@ from helpers.catalogue.protocol import (
     iter_products,
 )
 from helpers.core import artifacts
+from helpers.core.ids import LEVELS
 from helpers.ingest.jpeg import ImageError, decode_image, to_float
 
 __all__ = ["catalogue_fingerprint", "embed_catalogue", "embed_files"]
-from helpers.vectors.store import LEVELS, VectorStore, VectorStoreError, VectorWriter, read_meta
+from helpers.vectors.store import VectorStore, VectorStoreError, VectorWriter, read_meta
 
 log = logging.getLogger(__name__)
 
