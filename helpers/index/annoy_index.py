@@ -30,15 +30,10 @@ from typing import Any
 import annoy
 import numpy as np
 
-from helpers.index.protocol import (
-    IndexInputError,
-    IndexMismatchError,
-    Knobs,
-    LocalIndex,
-    NotSupportedError,
-    SearchResult,
-    UnitChunks,
-)
+from helpers.index.chunks import UnitChunks
+from helpers.index.errors import IndexInputError, IndexMismatchError, NotSupportedError
+from helpers.index.local import LocalIndex
+from helpers.index.protocol import Knobs, SearchResult
 
 DEFAULT_N_TREES = 50  # Annoy has no default; more trees = better recall, bigger file
 FILTER_OVERFETCH = 2  # first fetch for a filter: 2x the expected number of candidates

@@ -60,13 +60,11 @@ from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch.helpers import streaming_bulk
 from tqdm.auto import tqdm
 
+from helpers.core import artifacts
 from helpers.core import ids as item_ids
 from helpers.core.errors import ServiceUnavailable
-from helpers.index.protocol import (
-    FORMAT_VERSION,
-    META_FILE,
-    METRIC,
-    Category,
+from helpers.core.ids import describe
+from helpers.index.errors import (
     CategoryError,
     DimensionError,
     DuplicateIdError,
@@ -74,20 +72,26 @@ from helpers.index.protocol import (
     IndexInputError,
     IndexMismatchError,
     InvalidKError,
+    UnknownIdError,
+)
+from helpers.index.manifest import (
+    FORMAT_VERSION,
+    META_FILE,
+    check_source,
+    check_vectors,
+    index_manifest,
+    json_safe,
+    read_meta,
+)
+from helpers.index.protocol import (
+    METRIC,
+    Category,
     Knobs,
     SearchResult,
-    UnknownIdError,
-    _head,
-    _index_manifest,
-    _json_safe,
     as_categories,
     as_category_filter,
     as_ids,
     as_unit_vectors,
-    atomic_write,
-    check_source,
-    check_vectors,
-    read_meta,
 )
 
 log = logging.getLogger(__name__)
@@ -113,7 +117,7 @@ class BulkIndexError(RuntimeError):
         self.failures = dict(failures)
         ids = np.fromiter(self.failures, np.int64)
         first = next(iter(self.failures.values()))
-        super().__init__(f"{index}: {len(ids)} documents refused, ids {_head(ids)}; "
+        super().__init__(f"{index}: {len(ids)} documents refused, ids {describe(ids)}; "
                          f"first reason: {first}")
 
 
@@ -254,7 +258,7 @@ class ElasticsearchIndex:
         store_manifest = getattr(source, "manifest", None)  # a VectorStore
         if store_manifest is not None:
             source = getattr(source, "made_by", {})
-        source = _json_safe(source or {}, "source")
+        source = json_safe(source or {}, "source")
         level = item_ids.check_level(level or source.get("level", "product"))
         url = url or default_url()
         client = connect(url)
@@ -396,7 +400,7 @@ class ElasticsearchIndex:
                 found[int(h["_id"])] = h["_source"][VECTOR]
         missing = np.array([p for p in pids.tolist() if p not in found], np.int64)
         if missing.size:
-            raise UnknownIdError(f"unknown ids in {self.index!r}: {_head(missing)}")
+            raise UnknownIdError(f"unknown ids in {self.index!r}: {describe(missing)}")
         return np.asarray([found[p] for p in pids.tolist()], np.float32)
 
     def _filter(self, category: Category) -> dict[str, Any] | None:
@@ -466,7 +470,7 @@ class ElasticsearchIndex:
         present = self._present(pids)
         if len(present) != len(pids):
             raise UnknownIdError(f"unknown ids in {self.index!r}: "
-                                 f"{_head(np.setdiff1d(pids, list(present)))}")
+                                 f"{describe(np.setdiff1d(pids, list(present)))}")
         before = len(self)
         actions = ({"_op_type": "delete", "_index": self.index, "_id": str(p)}
                    for p in pids.tolist())
@@ -495,7 +499,7 @@ class ElasticsearchIndex:
             clash = self._present(pids)
             if clash:
                 clash_ids = np.array(sorted(clash), np.int64)
-                raise DuplicateIdError(f"ids already in the index: {_head(clash_ids)}")
+                raise DuplicateIdError(f"ids already in the index: {describe(clash_ids)}")
         failures: dict[int, str] = {}
         done = 0
         self.client.indices.put_settings(index=self.index, settings={"refresh_interval": "-1"})
@@ -597,10 +601,10 @@ class ElasticsearchIndex:
             "engine_version": f"elasticsearch {node_version(self.client)}",
             "files": {"engine": None, "ids": None, "categories": None},
             "elasticsearch": {"url": self.url, "index": self.index},
-            "manifest": _index_manifest(self, self._meta.get("store")),
+            "manifest": index_manifest(self, self._meta.get("store")),
         }
         text = orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
-        atomic_write(d / META_FILE, lambda p: p.write_text(text + "\n"))
+        artifacts.atomic_write(d / META_FILE, lambda p: p.write_text(text + "\n"))
         return d
 
     def drop(self) -> None:

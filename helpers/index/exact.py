@@ -16,14 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from helpers.index.protocol import (
-    Knobs,
-    LocalIndex,
-    SearchResult,
-    UnitChunks,
-    as_unit_vectors,
-    check_k,
-)
+from helpers.index.chunks import UnitChunks
+from helpers.index.local import LocalIndex
+from helpers.index.protocol import Knobs, SearchResult, as_unit_vectors, check_k
 
 DEFAULT_BLOCK_MIB = 64  # memory for one block of query x item scores
 

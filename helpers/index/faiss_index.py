@@ -39,17 +39,16 @@ from typing import Any
 import faiss
 import numpy as np
 
-from helpers.index.exact import _top_k
-from helpers.index.protocol import (
+from helpers.index.chunks import UnitChunks
+from helpers.index.errors import (
     IndexInputError,
     IndexMismatchError,
-    Knobs,
-    LocalIndex,
     NotSupportedError,
-    SearchResult,
     TrainingError,
-    UnitChunks,
 )
+from helpers.index.exact import _top_k
+from helpers.index.local import LocalIndex
+from helpers.index.protocol import Knobs, SearchResult
 
 DEFAULT_FACTORY = "HNSW32"
 # Knob defaults: FAISS's own (nprobe=1, efSearch=16, k_factor=1) give recall@10 well below

@@ -28,7 +28,7 @@ from PIL import Image
 
 from helpers.catalogue.protocol import UnknownProductError
 from helpers.core import ids as item_ids
-from helpers.index.protocol import LocalIndex
+from helpers.index.local import LocalIndex
 from helpers.serve.loader import Artifacts, Method
 
 MAX_K = 100
