@@ -16,6 +16,8 @@ in the page cache instead of holding its own. tests/test_index_annoy.py checks t
 Immutable: an Annoy forest cannot add or remove items after build (NotSupportedError):
 rebuild instead. Knobs: search_k (default -1 = Annoy's n_trees * k), n_threads (default 0 =
 all cores; Annoy releases the GIL, so a batch of queries runs in threads).
+
+Imports annoy, numpy and the index layer (local, protocol, errors, chunks); never models.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ search for small stores (style vectors, a few 10k items): no training, no knobs 
     ids, scores = index.search(queries, k=10)  # scores = cosine similarity
 
 `cosine_top_k` is the same search on bare arrays (row numbers instead of product ids).
+Imports numpy and the index layer (local, protocol, chunks); never models.
 """
 
 from __future__ import annotations
