@@ -20,7 +20,6 @@ from helpers.catalogue.protocol import (
 from helpers.core import ids
 from helpers.index import build_index
 from helpers.index import chunks as index_chunks
-from helpers.index import local as index_local
 from helpers.ingest import scan as cat
 from helpers.vectors.embed import embed_catalogue
 
@@ -139,7 +138,7 @@ def test_building_from_a_memmap_reads_it_in_chunks(tmp_path, monkeypatch):
 
 def test_adding_in_chunks_is_linear():
     """Ids grow by doubling, not by copying the whole array on every add."""
-    buf = index_local.GrowableArray(np.arange(10))
+    buf = index_chunks.GrowableArray(np.arange(10))
     reallocations, last = 0, buf._buf
     for i in range(2000):
         buf.extend(np.array([100 + i]))

@@ -13,7 +13,7 @@ Layout: `protocol` (SearchResult, Knobs, VectorIndex, input validation), `errors
 `chunks` (reading vectors block by block), `local` (LocalIndex: ids, categories, versioned
 save/load), `manifest` (meta.json, which vectors built an index), `faiss_layers` (walking
 nested FAISS indexes); engines `exact`, `faiss_index`, `annoy_index`,
-`elasticsearch_index` (+ `elasticsearch_bulk`, `elasticsearch_mapping`), and `compressed`
+`elasticsearch_index` (+ `elasticsearch_node`, `elasticsearch_bulk`), and `compressed`
 (the full-catalogue FAISS index). Indexes never import models.
 
 Adding a method: one module here with a class implementing `VectorIndex` (usually by

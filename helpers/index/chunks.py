@@ -1,9 +1,12 @@
-"""Reading a [n, d] matrix (ndarray, memmap, sharded store) block by block.
+"""Arrays in blocks: reading a [n, d] matrix (ndarray, memmap, sharded store) block by
+block, and growing an id array by doubling blocks.
 
 `row_blocks` yields raw (start, block) pairs, through the matrix's own `chunks` where it has
 one (a ShardedMatrix: memmap views that never straddle shards, no copy); `UnitChunks` is
 what the engines build from: the same blocks L2-normalised and checked. Building never
-holds a second full copy of a large store. Imports numpy and `helpers.index.protocol`.
+holds a second full copy of a large store. `GrowableArray` keeps the ids of an index that
+items are added to in chunks: amortised O(1) appends, not a copy of every id per add.
+Imports numpy and the index layer's protocol and errors.
 """
 
 from __future__ import annotations
@@ -67,3 +70,24 @@ def _unit_block(start: int, raw: Any) -> np.ndarray:
         return as_unit_vectors(np.asarray(raw))
     except InvalidVectorError as e:
         raise InvalidVectorError(f"{e}, in the block from row {start}") from None
+
+
+class GrowableArray:
+    """An int64 array with amortised O(1) appends (capacity doubles), for ids on add()."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self._buf = np.array(values, np.int64)
+        self._n = len(self._buf)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    def extend(self, more: np.ndarray) -> None:
+        need = self._n + len(more)
+        if need > len(self._buf):
+            grown = np.empty(max(need, 2 * len(self._buf), 16), np.int64)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n:need] = more
+        self._n = need

@@ -18,7 +18,7 @@ import numpy as np
 
 from helpers.core import artifacts
 from helpers.core.ids import IdMap, describe
-from helpers.index.chunks import UnitChunks
+from helpers.index.chunks import GrowableArray, UnitChunks
 from helpers.index.errors import (
     CategoryError,
     DimensionError,
@@ -404,27 +404,6 @@ class LocalIndex(ABC):
 
 def _empty(nq: int) -> SearchResult:
     return SearchResult(np.zeros((nq, 0), np.int64), np.zeros((nq, 0), np.float32))
-
-
-class GrowableArray:
-    """An int64 array with amortised O(1) appends (capacity doubles), for ids on add()."""
-
-    def __init__(self, values: np.ndarray) -> None:
-        self._buf = np.array(values, np.int64)
-        self._n = len(self._buf)
-
-    @property
-    def values(self) -> np.ndarray:
-        return self._buf[: self._n]
-
-    def extend(self, more: np.ndarray) -> None:
-        need = self._n + len(more)
-        if need > len(self._buf):
-            grown = np.empty(max(need, 2 * len(self._buf), 16), np.int64)
-            grown[: self._n] = self._buf[: self._n]
-            self._buf = grown
-        self._buf[self._n:need] = more
-        self._n = need
 
 
 def _save_npy(path: Path, a: np.ndarray) -> None:
