@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.core import ids as item_ids
+from helpers.core.ids import IdMap
 from helpers.evaluate.metrics import (
     category_precision,
     drop_self,
@@ -484,8 +485,7 @@ def _sample(ids: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _rows_of(all_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    order = np.argsort(all_ids)
-    return order[np.searchsorted(all_ids[order], wanted)]
+    return IdMap(all_ids).rows(wanted)
 
 
 def _measure(m: Method, v: Vectors, cats_df: pd.DataFrame, queries_p: np.ndarray,
