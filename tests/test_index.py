@@ -367,3 +367,21 @@ def test_no_tensorflow_or_model_code():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_indexes_import_only_core_and_themselves():
+    """The index layer sits on helpers.core: no module under helpers/index imports models
+    (nor vectors, serve, evaluate ...), even lazily inside a function."""
+    import ast
+    from pathlib import Path
+
+    layer = Path(__file__).resolve().parents[1] / "helpers" / "index"
+    bad = []
+    for path in sorted(layer.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.name}:{node.lineno} {n}" for n in names
+                    if n.startswith("helpers") and not n.startswith(("helpers.core",
+                                                                     "helpers.index"))]
+    assert not bad, bad

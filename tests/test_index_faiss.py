@@ -182,3 +182,24 @@ def test_ivf_pq_is_lossy_and_refine_recovers(clustered):
         index = build_index("faiss", v, ids, factory=factory, nprobe=8, **knobs)
         recalls.append(recall_at_k(index.search(v[:50], 10).ids, exact, 10))
     assert recalls[0] < 0.9 and recalls[1] == 1.0, recalls
+
+
+def test_one_layer_walker_for_faiss_index_and_compressed():
+    """faiss_layers walks IDMap -> PreTransform -> Refine -> IVF (the compressed index) and
+    IDMap2 -> HNSW (FaissIndex) alike; find() gives None for a layer that is not there."""
+    from helpers.index import compressed, faiss_layers
+
+    idx = compressed.compressed_index(d=64, dim=32, nlist=16, pq=8)
+    kinds = [type(x).__name__ for x in faiss_layers.layers(idx)]
+    assert kinds == ["IndexIDMap", "IndexPreTransform", "IndexRefine", "IndexIVFPQ"]
+    assert isinstance(faiss_layers.find(idx, faiss.IndexIVF), faiss.IndexIVFPQ)
+    assert faiss_layers.find(idx, faiss.IndexHNSW) is None
+    assert faiss_layers.has(idx, faiss.IndexRefine) and not faiss_layers.has(idx, faiss.IndexHNSW)
+    compressed.set_knobs(idx, nprobe=5, k_factor=3)  # reaches the layers the walker finds
+    assert faiss_layers.find(idx, faiss.IndexIVF).nprobe == 5
+    assert faiss_layers.find(idx, faiss.IndexRefine).k_factor == 3
+    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(8, 4, faiss.METRIC_INNER_PRODUCT))
+    assert [type(x).__name__ for x in faiss_layers.layers(hnsw)] == ["IndexIDMap2",
+                                                                     "IndexHNSWFlat"]
+    flat = faiss.IndexFlatIP(8)
+    assert faiss_layers.layers(flat)[0] is not None and len(faiss_layers.layers(flat)) == 1

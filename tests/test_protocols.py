@@ -19,7 +19,7 @@ from helpers.catalogue.protocol import (
 )
 from helpers.core import ids
 from helpers.index import build_index
-from helpers.index import protocol as index_base
+from helpers.index import chunks as index_chunks
 from helpers.ingest import scan as cat
 from helpers.vectors.embed import embed_catalogue
 
@@ -124,8 +124,8 @@ def test_building_from_a_memmap_reads_it_in_chunks(tmp_path, monkeypatch):
     mm[:] = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
     mm.flush()
     store = np.memmap(path, np.float32, "r", shape=(n, d))
-    monkeypatch.setattr(index_base, "CHUNK_ROWS", 2048)  # 0.5 MB blocks
-    monkeypatch.setattr(index_base.UnitChunks.__init__, "__defaults__", (2048,))
+    monkeypatch.setattr(index_chunks, "CHUNK_ROWS", 2048)  # 0.5 MB blocks
+    monkeypatch.setattr(index_chunks.UnitChunks.__init__, "__defaults__", (2048,))
     tracemalloc.start()
     index = build_index("faiss", store, np.arange(n), factory="Flat")
     _, peak = tracemalloc.get_traced_memory()
@@ -138,7 +138,7 @@ def test_building_from_a_memmap_reads_it_in_chunks(tmp_path, monkeypatch):
 
 def test_adding_in_chunks_is_linear():
     """Ids grow by doubling, not by copying the whole array on every add."""
-    buf = index_base.GrowableArray(np.arange(10))
+    buf = index_chunks.GrowableArray(np.arange(10))
     reallocations, last = 0, buf._buf
     for i in range(2000):
         buf.extend(np.array([100 + i]))

@@ -10,7 +10,7 @@ in MongoDB (`helpers.catalogue.mongo.MongoCatalogue`) or in Dask shards without 
     cat.by_category(p.category_id, limit=20)
     cat.page(offset=0, limit=100)
 
-Lookups use sorted id arrays (searchsorted): no per-process dict of 7 M ids.
+Lookups use sorted id arrays (`helpers.core.ids.IdMap`): no per-process dict of 7 M ids.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from helpers.core.ids import IdMap
 from helpers.ingest.schema import catalogue_fingerprint
 
 CategoryPath = tuple[str, str, str]
@@ -127,13 +128,11 @@ class ParquetCatalogue:
         self.df = df.reset_index(drop=True)
         self.source = source
         self._pids = self.df["product_id"].to_numpy(np.int64)
-        self._sorter = np.argsort(self._pids, kind="stable")
-        self._sorted = self._pids[self._sorter]
+        self._pid_map = IdMap(self._pids)
         cats = self.df["category_id"]
         self._cats = cats.fillna(-1).to_numpy(np.int64) if cats.isna().any() \
             else cats.to_numpy(np.int64)
-        self._cat_sorter = np.argsort(self._cats, kind="stable")
-        self._cat_sorted = self._cats[self._cat_sorter]
+        self._cat_map = IdMap(self._cats)  # repeated ids: rows of a category, in order
         self._fingerprint = fingerprint
         self._paths: dict[int, CategoryPath | None] = {}
         # Plain numpy columns: building a Product must not cost a pandas row lookup.
@@ -169,12 +168,11 @@ class ParquetCatalogue:
     def rows(self, product_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Catalogue rows of product ids; UnknownProductError names the missing ones."""
         pids = np.asarray(product_ids, np.int64).ravel()
-        pos = np.searchsorted(self._sorted, pids).clip(0, max(len(self) - 1, 0))
-        found = self._sorted[pos] == pids if len(self) else np.zeros(len(pids), bool)
-        if not found.all():
-            missing = pids[~found][:5].tolist()
+        rows = self._pid_map.rows(pids, missing=-1)
+        if (rows < 0).any():
+            missing = pids[rows < 0][:5].tolist()
             raise UnknownProductError(f"product id(s) not in the catalogue: {missing}")
-        return self._sorter[pos]
+        return rows
 
     def product(self, product_id: int) -> Product:
         try:
@@ -193,19 +191,15 @@ class ParquetCatalogue:
 
     def by_category(self, category_id: int, offset: int = 0,
                     limit: int | None = 100) -> list[Product]:
-        lo, hi = np.searchsorted(self._cat_sorted, [int(category_id), int(category_id) + 1])
-        rows = self._cat_sorter[lo:hi]  # stable sort: catalogue order within a category
+        rows = self._cat_map.all_rows(int(category_id))  # catalogue order within a category
         end = None if limit is None else offset + limit
         return [self._at(int(r)) for r in rows[offset:end]]
 
     def category_path(self, category_id: int) -> CategoryPath | None:
         cid = int(category_id)
         if cid not in self._paths:
-            lo = int(np.searchsorted(self._cat_sorted, cid))
-            path = None
-            if lo < len(self) and self._cat_sorted[lo] == cid:
-                path = self._path_at(int(self._cat_sorter[lo]))
-            self._paths[cid] = path
+            first = int(self._cat_map.rows([cid], missing=-1)[0])
+            self._paths[cid] = self._path_at(first) if first >= 0 else None
         return self._paths[cid]
 
     def category_ids(self, product_ids: Sequence[int] | np.ndarray) -> np.ndarray:

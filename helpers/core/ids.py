@@ -8,11 +8,14 @@ and the picture's index in the product (0..3 on Cdiscount) into one int64, so th
 
 `encode` checks the limits (a product id too large to pack, an index out of range) and
 `decode` is its inverse; every module that meets image ids goes through these two.
+
+`IdMap` is the one id -> row lookup (sorted ids + np.searchsorted) of the project: stores,
+indexes, the catalogue and the evaluation find rows of ids through it. Imports numpy only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -62,3 +65,95 @@ def product_of(item_id: int, level: str) -> tuple[int, int | None]:
     """One item id as (product id, picture index or None)."""
     pid, idx = decode(np.int64(item_id), level)
     return int(pid), (None if idx < 0 else int(idx))
+
+
+def describe(ids: Any, n: int = 5) -> str:
+    """The first `n` of some ids and their count, for error messages: "[3, 9] (2 in all)"."""
+    a = np.asarray(ids).ravel()
+    items = ", ".join(str(v) for v in a[:n].tolist())
+    return f"[{items}{', ...' if len(a) > n else ''}] ({len(a)} in all)"
+
+
+class MissingIdError(KeyError):
+    """Ids that are not in an IdMap; `missing` holds them."""
+
+    def __init__(self, missing: np.ndarray) -> None:
+        self.missing = missing
+        super().__init__(f"ids not in the map: {describe(missing)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class IdMap:
+    """The row of each id of an int64 column: binary search over the ids sorted once.
+
+        m = IdMap([30, 10, 20])
+        m.rows([20, 30])              # array([2, 0])
+        m.rows([20, 99], missing=-1)  # array([2, -1]); missing="raise" (default) raises
+        m.contains([10, 11])          # array([ True, False])
+        m.all_rows(10)                # every row holding 10, in row order
+
+    Memory: the sorted ids and the permutation that sorts them, two int64 arrays (one when
+    the ids come sorted; none copied when they come sorted and read-only, e.g. a memmap),
+    where a dict of Python ints would take ~100 bytes an id (700 MB at 7 M products).
+    Lookups are vectorised (np.searchsorted). Ids may repeat (category ids of products):
+    `rows` gives an id's first row, `all_rows` all of them. The map is a snapshot: build a
+    new one when the column changes.
+    """
+
+    def __init__(self, ids: Any) -> None:
+        a = np.asarray(ids, np.int64)
+        if a.ndim != 1:
+            raise ValueError(f"ids must be 1-D, got shape {a.shape}")
+        if a.size < 2 or bool((a[1:] >= a[:-1]).all()):
+            # Already sorted: no permutation. Our own copy unless nobody can change it.
+            self._order: np.ndarray | None = None
+            self._sorted = a if not a.flags.writeable else a.copy()
+        else:
+            self._order = np.argsort(a, kind="stable")  # stable: repeats keep row order
+            self._sorted = a[self._order]
+
+    def __len__(self) -> int:
+        return int(self._sorted.shape[0])
+
+    def __repr__(self) -> str:
+        return f"IdMap({len(self)} ids)"
+
+    def _find(self, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in the sorted ids, found) of each wanted id."""
+        if len(self) == 0:
+            return np.zeros(want.shape, np.int64), np.zeros(want.shape, bool)
+        pos = np.searchsorted(self._sorted, want).clip(0, len(self) - 1)
+        return pos, self._sorted[pos] == want
+
+    def _row(self, pos: np.ndarray) -> np.ndarray:
+        return pos if self._order is None else self._order[pos]
+
+    def rows(self, ids: Any, missing: Literal["raise"] | int = "raise") -> np.ndarray:
+        """int64 rows of `ids` (any shape, kept), the first row of a repeated id.
+
+        missing: "raise" (MissingIdError naming the absent ids), or the row to give them
+        (-1: rows are >= 0, so it cannot be mistaken for one).
+        """
+        want = np.asarray(ids, np.int64)
+        pos, found = self._find(want)
+        rows = self._row(pos)
+        if found.all():
+            return rows
+        if isinstance(missing, str):
+            if missing != "raise":
+                raise ValueError(f"missing must be 'raise' or an int row, not {missing!r}")
+            raise MissingIdError(want[~found])
+        return np.where(found, rows, np.int64(missing))
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """bool, the shape of `ids`: which ids are in the map."""
+        return self._find(np.asarray(ids, np.int64))[1]
+
+    def all_rows(self, id_: int) -> np.ndarray:
+        """Every row holding `id_`, ascending (empty when absent)."""
+        key = np.int64(id_)
+        lo = int(np.searchsorted(self._sorted, key, side="left"))
+        hi = int(np.searchsorted(self._sorted, key, side="right"))
+        return np.arange(lo, hi, dtype=np.int64) if self._order is None else self._order[lo:hi]

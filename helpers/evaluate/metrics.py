@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.core.ids import decode
+from helpers.core.ids import IdMap, decode
 
 # Results asked beyond k, so that ties across the cut (and the query itself, dropped by
 # drop_self) are seen.
@@ -218,11 +218,10 @@ def reciprocal_rank(relevant: Any, scores: Any) -> np.ndarray:
 
 def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, missing: int = -1):
     """values[keys == w] for each w (missing where absent; -1 padding is always missing)."""
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    pos = np.searchsorted(sk, wanted).clip(0, max(len(sk) - 1, 0))
-    found = (sk[pos] == wanted) & (wanted >= 0) if len(sk) else np.zeros(wanted.shape, bool)
-    return np.where(found, values[order][pos], missing), found
+    rows = IdMap(keys).rows(wanted, missing=-1)
+    found = (rows >= 0) & (wanted >= 0)
+    picked = values[rows] if len(keys) else missing  # row -1 picks junk, masked out here
+    return np.where(found, picked, missing), found
 
 
 def category_precision(
@@ -261,7 +260,7 @@ def category_precision(
     rcat = rcat.reshape(ids.shape)
     relevant = rfound.reshape(ids.shape) & (rcat == qcat[:, None])
     uniq, counts = np.unique(cats, return_counts=True)
-    others = counts[np.searchsorted(uniq, qcat)] - 1
+    others = counts[IdMap(uniq).rows(qcat)] - 1
     n = len(items)
     keep = others > 0
     prec = expected_hits(relevant[keep], scores[keep], k) / k

@@ -7,7 +7,14 @@
     index = load_index("artifacts/index/ivf", expect_source={"model": "resnet50"})
 
 Methods (METHODS): "exact" (numpy brute force), "faiss" (any factory string),
-"annoy" (mmapped random-projection forest). The protocol is in `helpers.index.protocol`.
+"annoy" (mmapped random-projection forest), "elasticsearch" (a node's dense_vector kNN).
+
+Layout: `protocol` (SearchResult, Knobs, VectorIndex, input validation), `errors`,
+`chunks` (reading vectors block by block), `local` (LocalIndex: ids, categories, versioned
+save/load), `manifest` (meta.json, which vectors built an index), `faiss_layers` (walking
+nested FAISS indexes); engines `exact`, `faiss_index`, `annoy_index`,
+`elasticsearch_index` (+ `elasticsearch_node`, `elasticsearch_bulk`), and `compressed`
+(the full-catalogue FAISS index). Indexes never import models.
 
 Adding a method: one module here with a class implementing `VectorIndex` (usually by
 deriving `LocalIndex`), and one line in METHODS below. Engines are imported on first use,
@@ -23,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from helpers.core.registry import Registry
-from helpers.index.protocol import (
+from helpers.index.errors import (
     CategoryError,
     DimensionError,
     DuplicateIdError,
@@ -32,15 +39,13 @@ from helpers.index.protocol import (
     IndexMismatchError,
     InvalidKError,
     InvalidVectorError,
-    Knobs,
-    LocalIndex,
     NotSupportedError,
-    SearchResult,
     TrainingError,
     UnknownIdError,
-    VectorIndex,
-    read_meta,
 )
+from helpers.index.local import LocalIndex
+from helpers.index.manifest import read_meta
+from helpers.index.protocol import Knobs, SearchResult, VectorIndex
 
 METHODS = Registry(
     "index method",

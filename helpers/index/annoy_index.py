@@ -16,6 +16,8 @@ in the page cache instead of holding its own. tests/test_index_annoy.py checks t
 Immutable: an Annoy forest cannot add or remove items after build (NotSupportedError):
 rebuild instead. Knobs: search_k (default -1 = Annoy's n_trees * k), n_threads (default 0 =
 all cores; Annoy releases the GIL, so a batch of queries runs in threads).
+
+Imports annoy, numpy and the index layer (local, protocol, errors, chunks); never models.
 """
 
 from __future__ import annotations
@@ -30,15 +32,10 @@ from typing import Any
 import annoy
 import numpy as np
 
-from helpers.index.protocol import (
-    IndexInputError,
-    IndexMismatchError,
-    Knobs,
-    LocalIndex,
-    NotSupportedError,
-    SearchResult,
-    UnitChunks,
-)
+from helpers.index.chunks import UnitChunks
+from helpers.index.errors import IndexInputError, IndexMismatchError, NotSupportedError
+from helpers.index.local import LocalIndex
+from helpers.index.protocol import Knobs, SearchResult
 
 DEFAULT_N_TREES = 50  # Annoy has no default; more trees = better recall, bigger file
 FILTER_OVERFETCH = 2  # first fetch for a filter: 2x the expected number of candidates

@@ -18,16 +18,21 @@ The metric is L2 on unit vectors: the same order as cosine similarity in 1280-d,
 the PCA keeps L2 distances (unlike inner products, which its centring changes).
 ``bench/bench_scale.py`` measures recall@10 against exact search on the same reduced
 vectors and on the full 1280-d ones.
+
+Imports faiss, numpy and the index layer's `chunks` (row blocks) and `faiss_layers` (the
+layer walker); never models.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import faiss
 import numpy as np
+
+from helpers.index.chunks import row_blocks
+from helpers.index.faiss_layers import find, layers
 
 logger = logging.getLogger(__name__)
 
@@ -38,35 +43,16 @@ def compressed_index(d: int = 1280, dim: int = 256, nlist: int = 4096, pq: int =
     codes in the reduced space). Train it, then add."""
     pca = faiss.PCAMatrix(d, dim)
     inner = faiss.index_factory(dim, f"IVF{nlist},PQ{pq},Refine({refine})", faiss.METRIC_L2)
-    for layer in _layers(inner):
+    for layer in layers(inner):
         if isinstance(layer, faiss.IndexIVFPQ):
             layer.do_polysemous_training = False  # Hamming pre-filter, unused: 5x training
     return faiss.IndexIDMap(faiss.IndexPreTransform(pca, inner))
-
-
-def _layers(index: faiss.Index) -> list[Any]:
-    out, todo = [], [index]
-    while todo:
-        x = faiss.downcast_index(todo.pop())
-        out.append(x)
-        for attr in ("index", "base_index"):
-            if hasattr(x, attr) and getattr(x, attr) is not None:
-                todo.append(getattr(x, attr))
-    return out
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to length 1, as float32 (a copy: stores are read-only memmaps)."""
     x = np.asarray(x, np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-
-
-def _chunks(vectors: Any, rows: int) -> Iterable[tuple[int, np.ndarray]]:
-    if hasattr(vectors, "chunks"):  # a ShardedMatrix: memmap views, one shard at a time
-        yield from vectors.chunks(rows)
-    else:
-        for a in range(0, len(vectors), rows):
-            yield a, vectors[a : a + rows]
 
 
 def train(index: faiss.Index, vectors: Any, train_size: int = 500_000, seed: int = 0,
@@ -84,7 +70,7 @@ def add_chunks(index: faiss.Index, vectors: Any, ids: np.ndarray, rows: int = 65
     chunk (rows x 1280 x 4 bytes) beside the index, whatever the store's size."""
     ids = np.asarray(ids, np.int64)
     n = len(vectors) if limit is None else min(limit, len(vectors))
-    for start, block in _chunks(vectors, rows):
+    for start, block in row_blocks(vectors, rows):
         if start >= n:
             break
         block = block[: n - start]
@@ -94,7 +80,7 @@ def add_chunks(index: faiss.Index, vectors: Any, ids: np.ndarray, rows: int = 65
 
 def set_knobs(index: faiss.Index, nprobe: int | None = None,
               k_factor: int | None = None) -> None:
-    for layer in _layers(index):
+    for layer in layers(index):
         if nprobe is not None and isinstance(layer, faiss.IndexIVF):
             layer.nprobe = nprobe
         if k_factor is not None and isinstance(layer, faiss.IndexRefine):
@@ -110,7 +96,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int = 10, nprobe: int = 3
 
 def reduce(index: faiss.Index, x: np.ndarray) -> np.ndarray:
     """The reduced vectors the index sees (unit, then PCA): for exact ground truth."""
-    pre = next(layer for layer in _layers(index) if isinstance(layer, faiss.IndexPreTransform))
+    pre = find(index, faiss.IndexPreTransform)
     x = unit(x)
     for i in range(pre.chain.size()):
         x = faiss.downcast_VectorTransform(pre.chain.at(i)).apply(x)
@@ -124,5 +110,5 @@ def nbytes(index: faiss.Index) -> int:
 
 def list_imbalance(index: faiss.Index) -> float:
     """FAISS's IVF imbalance factor (1 = even lists; search cost grows with it)."""
-    ivf = next(layer for layer in _layers(index) if isinstance(layer, faiss.IndexIVF))
+    ivf = find(index, faiss.IndexIVF)
     return float(ivf.invlists.imbalance_factor())

@@ -7,6 +7,7 @@ search for small stores (style vectors, a few 10k items): no training, no knobs 
     ids, scores = index.search(queries, k=10)  # scores = cosine similarity
 
 `cosine_top_k` is the same search on bare arrays (row numbers instead of product ids).
+Imports numpy and the index layer (local, protocol, chunks); never models.
 """
 
 from __future__ import annotations
@@ -16,14 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from helpers.index.protocol import (
-    Knobs,
-    LocalIndex,
-    SearchResult,
-    UnitChunks,
-    as_unit_vectors,
-    check_k,
-)
+from helpers.index.chunks import UnitChunks
+from helpers.index.local import LocalIndex
+from helpers.index.protocol import Knobs, SearchResult, as_unit_vectors, check_k
 
 DEFAULT_BLOCK_MIB = 64  # memory for one block of query x item scores
 

@@ -27,6 +27,9 @@ search is retried on those queries with nprobe / efSearch x4, up to a full scan.
 Threads: a batch of queries runs on every core (OpenMP; faiss.omp_set_num_threads to
 change). On a machine shared with other busy processes set OMP_WAIT_POLICY=PASSIVE before
 FAISS loads: spinning OpenMP threads otherwise make short searches up to 10x slower.
+
+Imports faiss, numpy and the index layer (local, protocol, errors, faiss_layers, exact);
+never models.
 """
 
 from __future__ import annotations
@@ -39,17 +42,17 @@ from typing import Any
 import faiss
 import numpy as np
 
-from helpers.index.exact import _top_k
-from helpers.index.protocol import (
+from helpers.index.chunks import UnitChunks
+from helpers.index.errors import (
     IndexInputError,
     IndexMismatchError,
-    Knobs,
-    LocalIndex,
     NotSupportedError,
-    SearchResult,
     TrainingError,
-    UnitChunks,
 )
+from helpers.index.exact import _top_k
+from helpers.index.faiss_layers import WRAPPERS, find, has, layers
+from helpers.index.local import LocalIndex
+from helpers.index.protocol import Knobs, SearchResult
 
 DEFAULT_FACTORY = "HNSW32"
 # Knob defaults: FAISS's own (nprobe=1, efSearch=16, k_factor=1) give recall@10 well below
@@ -61,36 +64,15 @@ MIN_POINTS_PER_LIST = 39  # below this FAISS k-means warns; we warn too
 TRAIN_CAP = 500_000  # default training sample: k-means and PQ gain nothing from more
 
 
-def _unwrap(index: faiss.Index) -> faiss.Index:
-    return faiss.downcast_index(index)
-
-
-def _layers(index: faiss.Index) -> list[faiss.Index]:
-    """The index and the indexes it wraps, outermost first (IDMap, PreTransform, Refine)."""
-    out = [_unwrap(index)]
-    while True:
-        top = out[-1]
-        if isinstance(top, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
-            out.append(_unwrap(top.index))
-        elif isinstance(top, faiss.IndexRefine):
-            out.append(_unwrap(top.base_index))
-        else:
-            return out
-
-
-def _has(index: faiss.Index, kind: type) -> bool:
-    return any(isinstance(x, kind) for x in _layers(index))
-
-
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
-    return next((x for x in _layers(index) if isinstance(x, faiss.IndexIVF)), None)
+    return find(index, faiss.IndexIVF)
 
 
 def _native_ids(index: faiss.Index) -> bool:
     """IVF (possibly under a PreTransform) stores arbitrary ids itself; others need IDMap2."""
-    layers = _layers(index)
-    return isinstance(layers[-1], faiss.IndexIVF) and not any(
-        isinstance(x, faiss.IndexRefine) for x in layers
+    path = layers(index)
+    return isinstance(path[-1], faiss.IndexIVF) and not any(
+        isinstance(x, faiss.IndexRefine) for x in path
     )
 
 
@@ -108,7 +90,7 @@ class FaissIndex(LocalIndex):
     def __init__(self, index: faiss.Index, *args: Any, **kwargs: Any) -> None:
         super().__init__(index.d, *args, **kwargs)
         self._index = index
-        self._refine = _has(index, faiss.IndexRefine)
+        self._refine = has(index, faiss.IndexRefine)
 
     @classmethod
     def _build(
@@ -147,12 +129,12 @@ class FaissIndex(LocalIndex):
             ) from None
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise IndexInputError(f"factory {factory!r} does not support inner product")
-        hnsw = next((x for x in _layers(index) if isinstance(x, faiss.IndexHNSW)), None)
+        hnsw = find(index, faiss.IndexHNSW)
         if efConstruction is not None:
             if hnsw is None:
                 raise IndexInputError(f"efConstruction applies to HNSW, not {factory!r}")
             hnsw.hnsw.efConstruction = int(efConstruction)
-        for layer in _layers(index):
+        for layer in layers(index):
             if isinstance(layer, faiss.IndexIVFPQ | faiss.IndexPQ):
                 # The factory turns on polysemous training for PQ (an annealing that takes
                 # 5x the k-means time); it only serves Hamming pre-filtering, unused here.
@@ -242,7 +224,7 @@ class FaissIndex(LocalIndex):
 
     def _remove(self, pids: np.ndarray, rows: np.ndarray) -> None:
         factory = self.build_params["factory"]
-        if _has(self._index, faiss.IndexHNSW):
+        if has(self._index, faiss.IndexHNSW):
             raise NotSupportedError(f"{factory}: FAISS HNSW graphs cannot remove: rebuild instead")
         if self._refine:
             raise NotSupportedError(f"{factory}: FAISS Refine cannot remove: rebuild instead")
@@ -287,9 +269,9 @@ def _knobs(index: faiss.Index, values: dict[str, int]) -> Knobs:
     minimum, defaults = {}, {}
     if _ivf(index) is not None:
         minimum["nprobe"], defaults["nprobe"] = 1, min(DEFAULT_NPROBE, _ivf(index).nlist)
-    if _has(index, faiss.IndexHNSW):
+    if has(index, faiss.IndexHNSW):
         minimum["efSearch"], defaults["efSearch"] = 1, DEFAULT_EF_SEARCH
-    if _has(index, faiss.IndexRefine):
+    if has(index, faiss.IndexRefine):
         minimum["k_factor"], defaults["k_factor"] = 1, DEFAULT_K_FACTOR
     return Knobs(minimum, defaults | values)
 
@@ -299,21 +281,22 @@ def _search_params(
 ) -> faiss.SearchParameters:
     """SearchParameters mirroring the index's layers: knobs and the selector go to the
     layer that uses them (IDMap2 translates the selector's product ids itself)."""
-    index = _unwrap(index)
-    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
-        return _search_params(index.index, knobs, sel, keep)  # passes params through
-    if isinstance(index, faiss.IndexRefine):
-        base = _search_params(index.base_index, knobs, sel, keep)
-        p = faiss.IndexRefineSearchParameters(k_factor=knobs["k_factor"], base_index_params=base)
-    elif isinstance(index, faiss.IndexIVF):
-        p = faiss.SearchParametersIVF(nprobe=min(knobs["nprobe"], index.nlist))
-    elif isinstance(index, faiss.IndexHNSW):
-        p = faiss.SearchParametersHNSW(efSearch=knobs["efSearch"])
-    else:
-        p = faiss.SearchParameters()
-    if sel is not None and not isinstance(index, faiss.IndexRefine):
-        p.sel = sel
-    keep += [p, sel]
+    p = None
+    for layer in reversed(layers(index)):  # innermost first: a Refine wraps what is below
+        if isinstance(layer, WRAPPERS):
+            continue  # passes params through
+        if isinstance(layer, faiss.IndexRefine):
+            p = faiss.IndexRefineSearchParameters(k_factor=knobs["k_factor"],
+                                                  base_index_params=p)
+        elif isinstance(layer, faiss.IndexIVF):
+            p = faiss.SearchParametersIVF(nprobe=min(knobs["nprobe"], layer.nlist))
+        elif isinstance(layer, faiss.IndexHNSW):
+            p = faiss.SearchParametersHNSW(efSearch=knobs["efSearch"])
+        else:
+            p = faiss.SearchParameters()
+        if sel is not None and not isinstance(layer, faiss.IndexRefine):
+            p.sel = sel
+        keep += [p, sel]
     return p
 
 

@@ -28,7 +28,8 @@ from PIL import Image
 
 from helpers.catalogue.protocol import UnknownProductError
 from helpers.core import ids as item_ids
-from helpers.index.protocol import LocalIndex
+from helpers.core.ids import IdMap
+from helpers.index.local import LocalIndex
 from helpers.serve.loader import Artifacts, Method
 
 MAX_K = 100
@@ -185,7 +186,7 @@ class Related:
         self.onnx_threads = onnx_threads
         self._extractor: Any = None
         self._lock = threading.Lock()
-        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per store: sorted pids
+        self._rows: dict[int, IdMap] = {}  # per store: its product ids -> rows
         self._cats: dict[int, np.ndarray] = {}  # per store: category of each item
         self._products: dict[int, Any] = {}  # product id -> Product (immutable once loaded)
 
@@ -242,11 +243,8 @@ class Related:
     def _product_rows(self, store: Any, pid: int) -> np.ndarray:
         key = id(store)
         if key not in self._rows:
-            order = np.argsort(store.product_ids, kind="stable")
-            self._rows[key] = (order, np.asarray(store.product_ids)[order])
-        order, sorted_pids = self._rows[key]
-        lo, hi = np.searchsorted(sorted_pids, [pid, pid + 1])
-        return order[lo:hi]
+            self._rows[key] = IdMap(store.product_ids)
+        return self._rows[key].all_rows(pid)
 
     def _category_count(self, method: Method, category: int | None) -> int:
         """Items the index can return under the filter (to ask for no more than exist)."""

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from helpers.core import artifacts, ids
+from helpers.core.ids import IdMap
 
 VECTORS = "vectors.f32"
 IDS = "ids.i64"
@@ -149,8 +150,7 @@ class StoreReads:
     def _index_ids(self) -> None:
         self.item_ids = encode_item_ids(self.product_ids, self.image_index)
         # Sorted ids + searchsorted: 16 bytes an item, not a dict of Python ints.
-        self._sorter = np.argsort(self.item_ids, kind="stable")
-        self._sorted = self.item_ids[self._sorter]
+        self._id_map = IdMap(self.item_ids)
 
     def __len__(self) -> int:
         return self.meta["count"]
@@ -175,12 +175,11 @@ class StoreReads:
     def rows(self, item_ids: Any) -> np.ndarray:
         """Rows of item ids; KeyError names the ones not in the store."""
         want = np.atleast_1d(np.asarray(item_ids, np.int64))
-        pos = np.searchsorted(self._sorted, want).clip(0, max(len(self) - 1, 0))
-        found = self._sorted[pos] == want if len(self) else np.zeros(len(want), bool)
-        if not found.all():
-            raise KeyError(f"id(s) {want[~found][:5].tolist()} not in the vector store "
+        rows = self._id_map.rows(want, missing=-1)
+        if (rows < 0).any():
+            raise KeyError(f"id(s) {want[rows < 0][:5].tolist()} not in the vector store "
                            f"{self.folder} ({self.level} level)")
-        return self._sorter[pos]
+        return rows
 
     def vector(self, item_id: int) -> np.ndarray:
         """The stored vector of one item (a product id for product-level stores)."""

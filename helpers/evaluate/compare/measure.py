@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from helpers.core.ids import IdMap
 from helpers.evaluate.compare.inputs import Vectors
 from helpers.evaluate.footprint import disk_bytes, resident_bytes
 from helpers.evaluate.method import Method, MethodError
@@ -192,8 +193,7 @@ def _same_product(m: Method, v: Vectors, queries_i: np.ndarray,
 
 
 def _rows_of(all_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    order = np.argsort(all_ids)
-    return order[np.searchsorted(all_ids[order], wanted)]
+    return IdMap(all_ids).rows(wanted)
 
 
 def _engine_kw(m: Method, level: str) -> dict[str, Any]:
