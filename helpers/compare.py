@@ -18,8 +18,9 @@ Every method is measured on the same products and pictures:
 - cost: build time, size on disk, resident memory of a process that loads the index,
   latency p50/p99 one query at a time, QPS of a batch.
 
-A method that cannot run here (an unknown backend, no Elasticsearch node) is *skipped*
-with its reason; the others are still compared.
+A method that cannot run here (an unknown backend, a missing optional package, no
+Elasticsearch node) is *skipped* with its reason; the others are still compared. Any other
+error in a method is a bug: it propagates, and the notebook fails.
 
     run = compare(ws, catalogue, ws.images(bson_path), methods=DEFAULT_METHODS)
     run.table            # one row per method: compare.csv
@@ -57,6 +58,7 @@ from .metrics import (
     recall_at_k,
     same_product_retrieval,
 )
+from .services import MethodUnavailable, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +159,8 @@ def load_embedder(model: str) -> Any:
     if model == "style":
         return models.load_style_extractor()
     if model not in models.BACKENDS:
-        raise LookupError(f"no extractor backend {model!r} in helpers.models.BACKENDS "
-                          f"({', '.join(models.BACKENDS)})")
+        raise MethodUnavailable(f"no extractor backend {model!r} in helpers.models.BACKENDS "
+                                f"({', '.join(models.BACKENDS)})")
     return models.load_extractor(model)
 
 
@@ -231,24 +233,32 @@ def index_spec(index: str, n: int, dim: int, k: int = 10,
 def build(kind: str, vectors: np.ndarray, ids: np.ndarray, categories: np.ndarray | None,
           es_params: Mapping[str, Any] | None = None, **extra: Any) -> tuple[Any, float]:
     """Build one index of a kind in INDEXES; (index, seconds). extra: engine parameters
-    (those of ``es_params`` / ``index_spec`` win). LookupError if its engine is not here."""
+    (those of ``es_params`` / ``index_spec`` win). MethodUnavailable if its engine is not
+    registered."""
     from .index import METHODS, build_index
 
     method, params = index_spec(kind, len(ids), vectors.shape[1], es_params=es_params)
     if method not in METHODS:
-        raise LookupError(f"index method {method!r} is not registered in helpers.index.METHODS")
+        raise MethodUnavailable(
+            f"index method {method!r} is not registered in helpers.index.METHODS")
     t = time.perf_counter()
     built = build_index(method, vectors, ids, categories, **{**extra, **params})
     return built, time.perf_counter() - t
 
 
-def _unavailable(exc: BaseException) -> bool:
-    """An engine that cannot be reached here (no server, not installed)."""
-    from .services import ServiceUnavailable
+OUR_PACKAGES = {"helpers", "apps"}
 
-    names = {c.__name__ for c in type(exc).__mro__}
-    return isinstance(exc, ServiceUnavailable | LookupError | ImportError | ConnectionError) \
-        or bool(names & {"ConnectionError", "ConnectionTimeout", "TransportError"})
+
+def _unavailable(exc: BaseException) -> bool:
+    """A method that cannot run here: no server answers, or an optional package or backend
+    is missing. Only these are skipped: a KeyError in a measurement is a bug, not an absent
+    engine, so no LookupError (nor an import error of our own code) qualifies."""
+    if isinstance(exc, ServiceUnavailable | MethodUnavailable | ConnectionError):
+        return True
+    if isinstance(exc, ImportError):  # a third-party package, not a broken import of ours
+        return bool(exc.name) and exc.name.split(".")[0] not in OUR_PACKAGES
+    # The Elasticsearch client's own connection errors (not builtin subclasses).
+    return bool({c.__name__ for c in type(exc).__mro__} & {"ConnectionError", "ConnectionTimeout"})
 
 
 def current_version(path: str | os.PathLike) -> Path:
@@ -439,11 +449,13 @@ def compare(
             if m.embedding not in vecs:
                 try:
                     vecs[m.embedding] = vectors_of(m)
-                except (LookupError, ImportError) as e:
+                except Exception as e:
+                    if not _unavailable(e):
+                        raise
                     vecs[m.embedding] = f"embedding {m.embedding} unavailable: {e}"
             v = vecs[m.embedding]
             if isinstance(v, str):
-                raise LookupError(v)
+                raise MethodUnavailable(v)
             if cats_df is None:
                 cats_df = category_frame(catalogue, v.product_ids)
                 queries_p = _sample(v.product_ids, n_queries, rng)
