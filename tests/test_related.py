@@ -245,8 +245,10 @@ def test_parse_inputs():
         with pytest.raises(RelatedError):
             parse_product_id(bad)
     assert parse_k(None) == 10 and parse_k("7") == 7
-    for bad in ("", "0", "101", "-3", "x", "2.5", "9" * 40):
-        with pytest.raises(RelatedError):
+    assert parse_k(" 100 ") == 100 and parse_k("1") == 1
+    for bad in ("", "0", "101", "-3", "x", "2.5", "9" * 40, "000001000", "0007", "00",
+                "1" + "0" * 4999, "00001" + "0" * 5000, "١٠", "+5", "1_0", "5\x00"):
+        with pytest.raises(RelatedError, match="k must"):
             parse_k(bad)
 
 
