@@ -40,7 +40,7 @@ from helpers.related import (
     parse_k,
     parse_product_id,
 )
-from helpers.serving import load_artifacts
+from helpers.serving import configure_app_process, load_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class NotFound(LookupError):
 def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | None = None,
                bson_path: str | os.PathLike | None = None) -> Flask:
     """The app over a run's artifacts (``VPS_ARTIFACTS`` or runs/sample/artifacts)."""
+    configure_app_process()
     art = load_artifacts(work_dir, mongo_uri=mongo_uri, bson_path=bson_path)
     rel = Related(art)
     app = Flask(__name__)

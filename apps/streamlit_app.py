@@ -29,7 +29,7 @@ from helpers.related import (  # noqa: E402
     describe,
     find_products,
 )
-from helpers.serving import ArtifactMissing, load_artifacts  # noqa: E402
+from helpers.serving import ArtifactMissing, configure_app_process, load_artifacts  # noqa: E402
 
 RECENT_N = 5
 COLUMNS = 5
@@ -47,6 +47,7 @@ CSS = """
 
 @st.cache_resource(show_spinner="Opening the search artifacts…")
 def service(work_dir: str | None, mongo_uri: str | None) -> Related:
+    configure_app_process()
     return Related(load_artifacts(work_dir, mongo_uri=mongo_uri))
 
 

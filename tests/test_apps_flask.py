@@ -74,6 +74,17 @@ def test_never_debug(app_artifacts, monkeypatch):
     assert not app.debug and not app.testing and not app.config["DEBUG"]
 
 
+def test_app_searches_on_one_faiss_thread(app_artifacts):
+    faiss = pytest.importorskip("faiss")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)
+    try:
+        create_app(app_artifacts)
+        assert faiss.omp_get_max_threads() == 1  # set by the app's start-up
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_product(client, art, pid):
     r = client.get(f"/api/products/{pid}")
     assert r.status_code == 200

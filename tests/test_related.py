@@ -122,6 +122,29 @@ def test_serves_the_catalogue_the_vectors_were_made_from(tmp_path, app_artifacts
     a.close()
 
 
+@pytest.fixture()
+def faiss_threads():
+    """FAISS's OpenMP threads set to 3 (not 1, what an app sets), restored after."""
+    faiss = pytest.importorskip("faiss")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)
+    yield faiss
+    faiss.omp_set_num_threads(before)
+
+
+def test_loading_leaves_faiss_threads_alone(app_artifacts, faiss_threads):
+    """A notebook that opens the artifacts keeps its threads; only an app sets one."""
+    from helpers.serving import configure_app_process
+
+    a = load_artifacts(app_artifacts)
+    assert "faiss" in a.available()
+    assert len(Related(a).related(int(a.catalogue.ids()[0]), 5, "faiss")) == 5  # a search too
+    assert faiss_threads.omp_get_max_threads() == 3
+    a.close()
+    configure_app_process()
+    assert faiss_threads.omp_get_max_threads() == 1
+
+
 # -- related ----------------------------------------------------------------------------------
 
 
