@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if bson_path.stat().st_size == 0:
         raise SystemExit(f"error: {bson_path} is empty (0 bytes): it holds no products")
     name = args.name or ("sample" if args.bson is None else Path(bson_path).stem)
-    run_dir = (args.out or RUNS_DIR) / name
+    # Absolute: the kernels run in the checkout's root, this process maybe elsewhere.
+    run_dir = ((args.out or RUNS_DIR) / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     common = {
         "bson_path": str(bson_path),

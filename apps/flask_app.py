@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from helpers.catalogue.protocol import UnknownProductError
 from helpers.ingest.jpeg import check_jpeg_bytes
-from helpers.serve.loader import load_artifacts
+from helpers.serve.loader import configure_app_process, load_artifacts
 from helpers.serve.related import (
     MAX_K,
     MAX_UPLOAD_BYTES,
@@ -55,6 +55,7 @@ class NotFound(LookupError):
 def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | None = None,
                bson_path: str | os.PathLike | None = None) -> Flask:
     """The app over a run's artifacts (``VPS_ARTIFACTS`` or runs/sample/artifacts)."""
+    configure_app_process()
     art = load_artifacts(work_dir, mongo_uri=mongo_uri, bson_path=bson_path)
     rel = Related(art)
     app = Flask(__name__)
@@ -69,6 +70,10 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
         SESSION_COOKIE_SAMESITE="Lax",
         JSON_SORT_KEYS=False,
     )
+    # Flask takes DEBUG from $FLASK_DEBUG: a stray variable must not turn it on here.
+    if app.debug:
+        log.warning("FLASK_DEBUG is set: ignored, this app never runs in debug mode")
+        app.debug = False
     app.extensions["vps"] = {"artifacts": art, "related": rel}
 
     # -- helpers -----------------------------------------------------------------------------
@@ -90,6 +95,15 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
             h["image"] = (url_for("image", product_id=h["product_id"], index=pic)
                           if pic is not None else None)
         return out
+
+    def param(name: str) -> str | None:
+        """A query or form field. When the body is what failed (too large, malformed), its
+        form cannot be read again: reading it would raise inside the error page itself and
+        turn a 400 into a 500. The query string still can."""
+        try:
+            return request.values.get(name)
+        except HTTPException:
+            return request.args.get(name)
 
     def query_options() -> tuple[int, str, int | None]:
         k = parse_k(request.values.get("k"))
@@ -207,8 +221,8 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
 
     def page_context() -> dict[str, Any]:
         return {"methods": [(m, art.methods[m].label) for m in art.available()],
-                "method": request.values.get("method") or art.default_method,
-                "k": request.values.get("k") or 10, "product": None, "related": [],
+                "method": param("method") or art.default_method,
+                "k": param("k") or 10, "product": None, "related": [],
                 "recent": [], "recent_related": [], "product_id": "", "max_k": MAX_K,
                 "uploaded": None,
                 "photo_methods": [m for m in art.available() if art.methods[m].upload],

@@ -21,7 +21,11 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` from anywhere
 
 from helpers.catalogue.protocol import UnknownProductError  # noqa: E402
-from helpers.serve.loader import ArtifactMissing, load_artifacts  # noqa: E402
+from helpers.serve.loader import (  # noqa: E402
+    ArtifactMissing,
+    configure_app_process,
+    load_artifacts,
+)
 from helpers.serve.related import (
     RecentlyViewed,
     Related,
@@ -47,6 +51,7 @@ CSS = """
 
 @st.cache_resource(show_spinner="Opening the search artifacts…")
 def service(work_dir: str | None, mongo_uri: str | None) -> Related:
+    configure_app_process()
     return Related(load_artifacts(work_dir, mongo_uri=mongo_uri))
 
 

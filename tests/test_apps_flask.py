@@ -68,8 +68,21 @@ def assert_error(resp, status: int, pattern: str = "") -> None:
 # -- product --------------------------------------------------------------------------------
 
 
-def test_never_debug(app):
-    assert not app.debug and not app.testing
+def test_never_debug(app_artifacts, monkeypatch):
+    monkeypatch.setenv("FLASK_DEBUG", "1")  # what `flask --debug` and a careless .env set
+    app = create_app(app_artifacts)
+    assert not app.debug and not app.testing and not app.config["DEBUG"]
+
+
+def test_app_searches_on_one_faiss_thread(app_artifacts):
+    faiss = pytest.importorskip("faiss")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)
+    try:
+        create_app(app_artifacts)
+        assert faiss.omp_get_max_threads() == 1  # set by the app's start-up
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def test_product(client, art, pid):
@@ -100,8 +113,11 @@ def test_related(client, art, pid):
         ids = [h["product_id"] for h in body["results"]]
         assert pid not in ids
         for h in body["results"]:
-            assert h["image"] == f"/images/{h['product_id']}/{h['image_index'] or 0}.jpg" \
-                or h["image"].startswith(f"/images/{h['product_id']}/")
+            # the hit's own picture (image level), else the product's first usable one
+            pic = h["image_index"]
+            if pic is None:
+                pic = art.catalogue.product(h["product_id"]).usable_images[0]
+            assert h["image"] == f"/images/{h['product_id']}/{pic}.jpg"
             assert client.get(h["image"]).status_code == 200
     # default method and k
     body = client.get(f"/api/products/{pid}/related").get_json()
@@ -118,7 +134,8 @@ def test_related_category(client, art, pid):
 @pytest.mark.parametrize("query,pattern", [
     ("k=0", "k must"), ("k=101", "k must"), ("k=abc", "k must"), ("k=-2", "k must"),
     ("k=2.5", "k must"), ("k=", "k must"), ("method=nope", "unknown method"),
-    ("method=", "empty"), ("category=", "category"),
+    ("method=", "empty"), ("category=", "category"), ("k=000001000", "k must"),
+    ("k=0010", "k must"), ("k=00001" + "0" * 5000, "k must"), ("k=%D9%A1", "k must"),
     ("method=elasticsearch", "not available"), ("category=x", "category"),
     ("category=-5", "category"),
 ])
@@ -188,15 +205,41 @@ def test_image(client, art, pid):
     assert_error(client.get("/images/abc/0.jpg"), 400, "product id")
 
 
-@pytest.mark.parametrize("path", [
-    "/images/..%2F..%2F..%2Fetc%2Fpasswd/0.jpg", "/images/../../etc/passwd",
-    "/images/1/..%2F..%2Fetc%2Fpasswd.jpg", "/images/%2Fetc%2Fpasswd/0.jpg",
-    "/images/11/0.jpg/../../../../etc/passwd", "/images/....//....//etc/passwd/0.jpg",
+@pytest.mark.parametrize("path,pattern", [
+    ("/images/../0.jpg", "product id"), ("/images/%2e%2e/0.jpg", "product id"),
+    ("/images/..%5C..%5Cetc%5Cpasswd/0.jpg", "product id"),
+    ("/images/{pid}/%2e%2e.jpg", "picture index"),
+    ("/images/{pid}/..%5C..%5Cetc%5Cpasswd.jpg", "picture index"),
+    ("/images/{pid}/0%00.jpg", "picture index"), ("/images/{pid}/%2e%2e%2f0.jpg", ""),
 ])
-def test_image_paths_cannot_escape(client, path):
-    r = client.get(path)
-    assert r.status_code in (400, 404)
-    assert b"root:" not in r.data
+def test_image_paths_cannot_escape(client, pid, path, pattern):
+    """Paths that reach the picture route (it reads the BSON at the catalogue's offset):
+    refused by its own checks before any read. (An encoded "/" never reaches it: the
+    router answers 404.)"""
+    r = client.get(path.format(pid=pid))
+    if pattern:
+        assert_error(r, 400, pattern)
+    else:
+        assert_error(r, 404, "URL was not found")
+
+
+def test_static_paths_cannot_escape(app, tmp_path, monkeypatch):
+    """The static route reads files by name: a traversal finds nothing outside its folder."""
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "ok.txt").write_text("served")
+    (tmp_path / "secret.txt").write_text("secret")
+    monkeypatch.setattr(app, "static_folder", str(static))
+    client = app.test_client()
+    r = client.get("/static/ok.txt")
+    assert r.status_code == 200 and r.data == b"served"  # the route does read this folder
+    for path in ("/static/../secret.txt", "/static/..%2Fsecret.txt", "/static/%2e%2e/secret.txt",
+                 "/static/%2e%2e%2fsecret.txt", "/static/..%5Csecret.txt",
+                 f"/static/{tmp_path}/secret.txt", f"/static/%2F{str(tmp_path)[1:]}/secret.txt",
+                 "/static/ok.txt/../../secret.txt", "/static/..%2F..%2F..%2Fetc%2Fpasswd"):
+        r = client.get(path, follow_redirects=True)
+        assert r.status_code == 404, path
+        assert b"secret" not in r.data and b"root:" not in r.data, path
 
 
 # -- the page ---------------------------------------------------------------------------------
@@ -352,3 +395,17 @@ def test_page_search_by_photo(client, art, pid):
     assert r.status_code == 400 and b"not a picture" in r.data
     r = client.post("/search", data={}, content_type="multipart/form-data")
     assert r.status_code == 400 and b"choose a picture" in r.data
+
+
+def test_page_search_oversized_photo(client):
+    """Over the picture limit, and over the request limit itself (the form cannot be read
+    again for the error page): the API's clear 400, shown on the page."""
+    for size in (MAX_UPLOAD_BYTES + 10, MAX_UPLOAD_BYTES + 200_000):
+        r = client.post("/search?k=4", data={"image": (io.BytesIO(b"\xff\xd8" + b"\0" * size),
+                                                      "p.jpg"), "k": "4"},
+                        content_type="multipart/form-data")
+        html = r.get_data(as_text=True)
+        assert r.status_code == 400, html[:300]
+        assert r.mimetype == "text/html" and 'role="alert"' in html and "limit" in html
+        api = upload(client, b"\xff\xd8" + b"\0" * size, "?k=4")
+        assert_error(api, 400, "limit")

@@ -3,6 +3,7 @@ Elasticsearch method when a real node answers (and its absence when it does not)
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -10,15 +11,37 @@ import pytest
 
 from apps.flask_app import create_app
 from helpers.catalogue.protocol import ParquetCatalogue
+from helpers.core.errors import ServiceUnavailable
 from helpers.serve.loader import find_catalogues, load_artifacts
 from helpers.serve.related import Related
 
 
 def _start(starter):
+    """The started server. One that cannot be had here (no java / maven / mongod, or it did
+    not come up: ServiceUnavailable) is a skip, with why; in CI, where both must run, a
+    failure. Any other error is a bug of ours and fails the test everywhere."""
     try:
         return starter()
-    except Exception as exc:  # noqa: BLE001 - no java / maven / mongod here: skip, say why
-        pytest.skip(f"server not available here: {type(exc).__name__}: {exc}")
+    except ServiceUnavailable as exc:
+        msg = f"server not available here: {type(exc).__name__}: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(msg + ": CI must have it", pytrace=False)
+        pytest.skip(msg)
+
+
+def test_a_server_that_does_not_start(monkeypatch):
+    def no_java():
+        raise ServiceUnavailable("needs Java 21+")
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs Java"):
+        _start(no_java)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="needs Java.*CI must have it"):
+        _start(no_java)
+    monkeypatch.delenv("CI")
+    with pytest.raises(KeyError):  # a bug in starting it is not "not available here"
+        _start(lambda: {}["port"])
 
 
 @pytest.fixture(scope="module")

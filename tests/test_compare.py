@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from helpers.catalogue.protocol import ParquetCatalogue
+from helpers.core.errors import MethodUnavailable, ServiceUnavailable
 from helpers.core.ids import encode
 from helpers.evaluate import compare, footprint, sweep
 from helpers.evaluate.compare import plots as compare_plots
@@ -90,15 +91,34 @@ def test_category_frame_reads_the_catalogue_protocol():
     assert frame["category"].tolist() == ["cat0", "cat1", "cat2", "cat3"]
 
 
+def _es_answers() -> bool:
+    """Whether the Elasticsearch method can run here (its client, a node at the default URL)."""
+    try:
+        from helpers.index.elasticsearch_index import connect
+    except ModuleNotFoundError:
+        return False
+    try:
+        connect(timeout=5).close()
+    except ServiceUnavailable:
+        return False
+    return True
+
+
+def _ok_here(methods):
+    """The methods expected to run here: all but Elasticsearch where no node answers."""
+    return {m for m in methods if not m.endswith("/elasticsearch") or _es_answers()}
+
+
 def test_compare_every_index_and_skip(tmp_path):
     df, v = _data()
-    methods = ["onnx-224/exact", "onnx-224/flat", "onnx-224/ivf", "onnx-224/hnsw",
-               "onnx-224/ivfpq", "onnx-224/annoy", "onnx-224/elasticsearch", "nope-224/exact"]
+    measured = ["onnx-224/exact", "onnx-224/flat", "onnx-224/ivf", "onnx-224/hnsw",
+                "onnx-224/ivfpq", "onnx-224/annoy", "onnx-224/elasticsearch"]
+    methods = [*measured, "nope-224/exact"]
     lines = []
 
     def vectors_of(m):
         if m.model == "nope":
-            raise LookupError("no extractor backend 'nope'")
+            compare.load_embedder("nope")  # the real check: no such backend
         return v
 
     run = compare.compare(_Workspace(tmp_path), df, "x.bson", methods, n_latency=20,
@@ -108,7 +128,8 @@ def test_compare_every_index_and_skip(tmp_path):
         ("skipped", "ok")
     assert "nope" in t.loc["nope-224/exact", "reason"]
     ok = t[t["status"] == "ok"]
-    assert len(ok) >= 6  # elasticsearch: ok only where a node answers
+    assert set(ok.index) == _ok_here(measured)
+    assert set(t.index[t["status"] == "skipped"]) == set(methods) - _ok_here(measured)
     # Clustered categories: far above chance; exact search is its own truth.
     assert (ok["p@10"] > 3 * ok["chance@10"]).all()
     assert ok.loc["onnx-224/exact", "recall@10"] == 1.0
@@ -189,6 +210,44 @@ def test_footprint_of_a_saved_index(tmp_path):
     assert not list(tmp_path.glob(".*.queries.npy"))  # the child's input, removed
 
 
+@pytest.mark.parametrize("error", [KeyError(7), IndexError("row 7"),
+                                   ModuleNotFoundError("no module", name="helpers.nope")])
+def test_a_bug_in_a_method_fails_the_comparison(tmp_path, monkeypatch, error):
+    """A KeyError (a LookupError) inside one method's measurement, or a broken import of
+    our own code, is a bug: it propagates, it is not the method being "skipped"."""
+    df, v = _data(n_products=120)
+    from helpers.evaluate.compare import measure
+
+    real = measure.category_precision
+
+    calls: list[int] = []
+
+    def category_precision(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # the second method's first measurement (2 a method: leaf, level 1)
+            raise error
+        return real(*args, **kw)
+
+    monkeypatch.setattr(measure, "category_precision", category_precision)
+    with pytest.raises(type(error)):
+        compare.compare(_Workspace(tmp_path), df, "x.bson", ["onnx-224/exact", "onnx-224/flat"],
+                        ks=(10,), n_latency=5, measure_memory=False, vectors_of=lambda m: v,
+                        say=lambda s: None)
+    assert len(calls) == 3
+
+
+def test_only_an_absent_engine_is_skipped():
+    from helpers.evaluate.compare import run
+    from helpers.index.elasticsearch_index import ElasticsearchUnavailable
+
+    assert run._unavailable(ElasticsearchUnavailable("no node"))
+    assert run._unavailable(MethodUnavailable("no backend"))
+    assert run._unavailable(ModuleNotFoundError("No module 'annoy'", name="annoy"))
+    for bug in (KeyError("x"), IndexError("x"), LookupError("x"), ValueError("x"),
+                ModuleNotFoundError("x", name="helpers.nope"), ImportError("x")):
+        assert not run._unavailable(bug), bug
+
+
 def _outputs(path):
     import nbformat
 
@@ -204,10 +263,10 @@ def _outputs(path):
 def test_06_on_the_real_sample(cdiscount_bson, cdiscount_categories, tmp_path):
     import run_all
 
-    methods = ("['style-180/exact', 'onnx-180/exact', 'onnx-180/ivf', 'onnx-180/hnsw', "
-               "'onnx-180/ivfpq', 'onnx-180/annoy', 'onnx-180/elasticsearch']")
+    methods = ["style-180/exact", "onnx-180/exact", "onnx-180/ivf", "onnx-180/hnsw",
+               "onnx-180/ivfpq", "onnx-180/annoy", "onnx-180/elasticsearch"]
     rc = run_all.main(["--bson", str(cdiscount_bson), "--categories", str(cdiscount_categories),
-                       "--only", "01,06", "--out", str(tmp_path), "-p", "methods", methods])
+                       "--only", "01,06", "--out", str(tmp_path), "-p", "methods", str(methods)])
     assert rc == 0
     run = tmp_path / "train_example"
     text, pngs = _outputs(run / "06_compare.ipynb")
@@ -217,7 +276,8 @@ def test_06_on_the_real_sample(cdiscount_bson, cdiscount_categories, tmp_path):
     assert pngs >= 5
     table = pd.read_csv(run / "compare.csv").set_index("method")
     ok = table[table.status == "ok"]
-    assert len(ok) >= 6 and (ok["p@10"] > ok["chance@10"]).all()
+    assert set(ok.index) == _ok_here(methods) and set(table.index) == set(methods)
+    assert (ok["p@10"] > ok["chance@10"]).all()
     assert (ok[["build_s", "disk_mb", "p50_ms", "p99_ms", "qps", "hit@1"]].notna()).all().all()
     doc = json.loads((run / "compare.json").read_text())
     assert doc["settings"]["n_products"] == 82 and doc["per_category"]
@@ -231,6 +291,7 @@ def test_06_on_the_built_in_sample(tmp_path):
                        "-p", "methods", "['onnx-180/exact', 'onnx-180/hnsw']"])
     assert rc == 0
     table = pd.read_csv(tmp_path / "sample" / "compare.csv").set_index("method")
+    assert set(table.index[table.status == "ok"]) == {"onnx-180/exact", "onnx-180/hnsw"}
     exact = table.loc["onnx-180/exact"]
     # Fashion-MNIST's 10 balanced classes: chance is about 0.1, MobileNetV2 far above it.
     assert exact["chance@10"] < 0.15 and exact["p@10"] > 3 * exact["chance@10"]

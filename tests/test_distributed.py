@@ -271,3 +271,44 @@ def test_in_process_workers_are_not_paused_by_the_callers_memory(sample_bson, sa
         assert status == {"running"}, status
     s = _local(sample_bson, tmp_path / "dask", sample_categories, partition_bytes=1_000_000)
     assert s.products_kept >= 1000 and hog[-1] == 1
+
+
+def test_compressed_index_search_knobs_are_per_call():
+    """Two threads searching one index with different nprobe / k_factor get what each
+    would alone; the index's own settings are left as they were."""
+    import threading
+
+    import faiss
+
+    from helpers.index import compressed as bi
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4000, 32)).astype(np.float32)
+    index = bi.compressed_index(d=32, dim=16, nlist=16, pq=4)
+    bi.train(index, x, train_size=4000)
+    bi.add_chunks(index, x, np.arange(4000, dtype=np.int64))
+    ivf = next(layer for layer in bi._layers(index) if isinstance(layer, faiss.IndexIVF))
+    refine = next(layer for layer in bi._layers(index) if isinstance(layer, faiss.IndexRefine))
+    before = (ivf.nprobe, refine.k_factor)
+    q = x[:20]
+    knobs = {"narrow": (1, 1), "wide": (16, 8)}
+    want = {name: bi.search(index, q, 10, *kv) for name, kv in knobs.items()}
+    assert (ivf.nprobe, refine.k_factor) == before  # a call leaves the index's own
+    assert not np.array_equal(want["narrow"][1], want["wide"][1])  # the knobs matter here
+    bad: list[str] = []
+
+    def run(name):
+        try:
+            for _ in range(300):
+                if not np.array_equal(bi.search(index, q, 10, *knobs[name])[1], want[name][1]):
+                    bad.append(name)
+        except Exception as exc:  # noqa: BLE001 - e.g. nprobe changed mid-search: a bad key
+            bad.append(f"{name}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in knobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad, f"{len(bad)} searches ran with the other thread's knobs: {bad[:3]}"
+    assert (ivf.nprobe, refine.k_factor) == before

@@ -122,6 +122,29 @@ def test_serves_the_catalogue_the_vectors_were_made_from(tmp_path, app_artifacts
     a.close()
 
 
+@pytest.fixture()
+def faiss_threads():
+    """FAISS's OpenMP threads set to 3 (not 1, what an app sets), restored after."""
+    faiss = pytest.importorskip("faiss")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)
+    yield faiss
+    faiss.omp_set_num_threads(before)
+
+
+def test_loading_leaves_faiss_threads_alone(app_artifacts, faiss_threads):
+    """A notebook that opens the artifacts keeps its threads; only an app sets one."""
+    from helpers.serve.loader import configure_app_process
+
+    a = load_artifacts(app_artifacts)
+    assert "faiss" in a.available()
+    assert len(Related(a).related(int(a.catalogue.ids()[0]), 5, "faiss")) == 5  # a search too
+    assert faiss_threads.omp_get_max_threads() == 3
+    a.close()
+    configure_app_process()
+    assert faiss_threads.omp_get_max_threads() == 1
+
+
 # -- related ----------------------------------------------------------------------------------
 
 
@@ -168,12 +191,51 @@ def test_unknown_product_and_method(rel):
         rel.related(11, 5, "nope")
 
 
-def test_product_without_vector(rel, art, monkeypatch):
-    pid = int(art.catalogue.ids()[5])
-    m = rel.method("faiss")
-    monkeypatch.setattr(rel, "_product_rows", lambda store, p: np.zeros(0, np.int64))
-    with pytest.raises(NoVectorError):
-        rel.product_vector(pid, m)
+def _undecodable(jpeg_bytes: bytes) -> bytes:
+    """The JPEG with Huffman tables whose code counts sum far over 256: its start and end
+    markers and its header (size) are intact, so the catalogue's "magic" check passes it,
+    but the decoder refuses it."""
+    i = jpeg_bytes.index(b"\xff\xc4")  # DHT: marker, length (2), class/id, 16 counts
+    return jpeg_bytes[: i + 5] + b"\xff" * 16 + jpeg_bytes[i + 21:]
+
+
+def test_product_without_vector(tmp_path):
+    """A real product whose pictures all fail to decode: in the catalogue (they pass the
+    marker check), embedded for real with every picture failed, so the store has no vector."""
+    import bson
+
+    from helpers.core.paths import SAMPLE_BSON, SAMPLE_CATEGORIES
+    from helpers.serve.loader import build_serving_artifacts
+
+    docs = []
+    with open(SAMPLE_BSON, "rb") as f:
+        for _ in range(40):
+            head = f.read(4)
+            docs.append(bson.decode(head + f.read(int.from_bytes(head, "little") - 4)))
+    broken = docs[5]
+    for img in broken["imgs"]:
+        img["picture"] = _undecodable(img["picture"])
+    path = tmp_path / "broken.bson"
+    path.write_bytes(b"".join(bson.encode(d) for d in docs))
+    root = build_serving_artifacts(tmp_path / "art", path, SAMPLE_CATEGORIES, image_size=180)
+    a = load_artifacts(root)
+    try:
+        pid = int(broken["_id"])
+        p = a.catalogue.product(pid)
+        assert p.usable_images == list(range(len(broken["imgs"])))  # "magic" let them in
+        store = a.methods["faiss"].store
+        assert store.meta["failed_images"] == len(broken["imgs"])
+        assert pid not in set(np.asarray(store.product_ids).tolist())
+        assert len(store) == len(docs) - 1
+        rel = Related(a)
+        with pytest.raises(NoVectorError, match=f"product {pid} has no vector"):
+            rel.product_vector(pid, rel.method("faiss"))
+        with pytest.raises(NoVectorError):
+            rel.related(pid, 5, "annoy")
+        other = int(docs[6]["_id"])  # its neighbours still answer, without it
+        assert pid not in [h.product_id for h in rel.related(other, 39, "faiss")]
+    finally:
+        a.close()
 
 
 def test_recently_viewed_mean_and_merge(rel, art):
@@ -245,8 +307,10 @@ def test_parse_inputs():
         with pytest.raises(RelatedError):
             parse_product_id(bad)
     assert parse_k(None) == 10 and parse_k("7") == 7
-    for bad in ("", "0", "101", "-3", "x", "2.5", "9" * 40):
-        with pytest.raises(RelatedError):
+    assert parse_k(" 100 ") == 100 and parse_k("1") == 1
+    for bad in ("", "0", "101", "-3", "x", "2.5", "9" * 40, "000001000", "0007", "00",
+                "1" + "0" * 4999, "00001" + "0" * 5000, "١٠", "+5", "1_0", "5\x00"):
+        with pytest.raises(RelatedError, match="k must"):
             parse_k(bad)
 
 

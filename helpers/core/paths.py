@@ -1,9 +1,11 @@
 """Where things are: the built-in sample, the shared Kaggle sample, run folders.
 
-Nothing here is relative to a repository checkout: the built-in sample is package data
-(read through importlib.resources), runs go below the current folder (or
-``$VPS_RUNS_DIR``), and the real Kaggle sample is found through ``$CDISCOUNT_DIR`` or
-beside the current folder (``../shared/data/cdiscount``, the layout of a checkout).
+Nothing here needs a repository checkout: the built-in sample is package data (read
+through importlib.resources), runs go to ``$VPS_RUNS_DIR``, else to ``runs/`` of the
+checkout the process started in (wherever in it: `make lab` starts kernels in
+``notebooks/``), else below the current folder, and the real Kaggle sample is found through
+``$CDISCOUNT_DIR`` or beside the current folder (``../shared/data/cdiscount``, the layout
+of a checkout).
 """
 
 from __future__ import annotations
@@ -16,7 +18,35 @@ from pathlib import Path
 SAMPLE_DIR = Path(str(resources.files("helpers") / "sample_data"))
 SAMPLE_BSON = SAMPLE_DIR / "fashion_sample.bson"
 SAMPLE_CATEGORIES = SAMPLE_DIR / "fashion_sample_categories.csv"
-RUNS_DIR = Path(os.environ.get("VPS_RUNS_DIR", Path.cwd() / "runs"))
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The checkout around ``start`` (default: the current folder): the nearest folder at
+    or above it that holds run_all.py and pyproject.toml; None outside a checkout."""
+    here = Path(start or Path.cwd()).resolve()
+    for base in (here, *here.parents):
+        if (base / "run_all.py").is_file() and (base / "pyproject.toml").is_file():
+            return base
+    return None
+
+
+def _runs_dir() -> Path:
+    if os.environ.get("VPS_RUNS_DIR"):
+        return Path(os.environ["VPS_RUNS_DIR"]).expanduser().resolve()
+    return (project_root() or Path.cwd()) / "runs"
+
+
+RUNS_DIR = _runs_dir()
+
+
+def resolve_work_dir(work_dir: str | os.PathLike | None) -> Path:
+    """A run's artifacts folder: None is the sample run's (``RUNS_DIR/sample/artifacts``);
+    a relative path is taken from the checkout's root, not from the folder the kernel
+    started in (else from the current folder)."""
+    if work_dir is None:
+        return RUNS_DIR / "sample" / "artifacts"
+    path = Path(work_dir).expanduser()
+    return path if path.is_absolute() else (project_root() or Path.cwd()) / path
 
 
 def _cdiscount_dir() -> Path:

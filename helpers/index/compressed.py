@@ -10,7 +10,7 @@ compressed, trained on a sample and added chunk by chunk straight from the memor
     index = compressed_index(nlist=16384)
     train(index, store.vectors, train_size=500_000)
     add_chunks(index, store.vectors, store.item_ids)
-    scores, ids = search(index, queries, k=10, nprobe=32, k_factor=8)
+    scores, ids = search(index, queries, k=10, nprobe=32, k_factor=8)  # per call: thread-safe
 
 About 304 bytes a vector (PQ code 32 + its IVF id 8 + SQ8 refine code 256 + id 8), so
 12.4 M vectors take 3.5 GiB; ``dim=128`` gives 176 bytes (2.0 GiB) for some recall.
@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 
 from helpers.index.chunks import row_blocks
-from helpers.index.faiss_layers import find, layers
+from helpers.index.faiss_layers import find, layers, search_params
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def add_chunks(index: faiss.Index, vectors: Any, ids: np.ndarray, rows: int = 65
 
 def set_knobs(index: faiss.Index, nprobe: int | None = None,
               k_factor: int | None = None) -> None:
+    """Set the index's own defaults (not thread-safe: for one owner, e.g. before saving);
+    `search` takes per-call values instead."""
     for layer in layers(index):
         if nprobe is not None and isinstance(layer, faiss.IndexIVF):
             layer.nprobe = nprobe
@@ -89,9 +91,14 @@ def set_knobs(index: faiss.Index, nprobe: int | None = None,
 
 def search(index: faiss.Index, queries: np.ndarray, k: int = 10, nprobe: int = 32,
            k_factor: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(squared L2 distances between unit vectors, ids); cosine = 1 - distance / 2."""
-    set_knobs(index, nprobe, k_factor)
-    return index.search(unit(queries), k)
+    """(squared L2 distances between unit vectors, ids); cosine = 1 - distance / 2.
+
+    nprobe and k_factor hold for this call only: the index is shared between threads (an
+    app's workers), so setting them on it would let one call search with another's."""
+    params, keep_alive = search_params(index, {"nprobe": nprobe, "k_factor": k_factor})
+    distances, ids = index.search(unit(queries), k, params=params)
+    del keep_alive  # the nested parameters may go only after the search
+    return distances, ids
 
 
 def reduce(index: faiss.Index, x: np.ndarray) -> np.ndarray:

@@ -50,7 +50,7 @@ from helpers.index.errors import (
     TrainingError,
 )
 from helpers.index.exact import _top_k
-from helpers.index.faiss_layers import WRAPPERS, find, has, layers
+from helpers.index.faiss_layers import find, has, layers, search_params
 from helpers.index.local import LocalIndex
 from helpers.index.protocol import Knobs, SearchResult
 
@@ -190,9 +190,10 @@ class FaissIndex(LocalIndex):
             # Refine hides ids from the IDMap2 above it: select its rows (= insertion order).
             members = np.flatnonzero(mask) if self._refine else self._ids[mask]
             sel = faiss.IDSelectorBatch(members)
-        keep: list[Any] = []  # SWIG does not keep nested parameter objects alive
-        params = _search_params(self._index, knobs, sel, keep)
-        return self._index.search(q, k, params=params)
+        params, keep = search_params(self._index, knobs, sel)
+        found = self._index.search(q, k, params=params)
+        del keep  # the nested parameters may go only after the search
+        return found
 
     def _widen(self, knobs: dict[str, int]) -> bool:
         """Multiply the knobs by 4 (capped at a full scan); False when nothing can grow."""
@@ -274,30 +275,6 @@ def _knobs(index: faiss.Index, values: dict[str, int]) -> Knobs:
     if has(index, faiss.IndexRefine):
         minimum["k_factor"], defaults["k_factor"] = 1, DEFAULT_K_FACTOR
     return Knobs(minimum, defaults | values)
-
-
-def _search_params(
-    index: faiss.Index, knobs: dict[str, int], sel: Any, keep: list[Any]
-) -> faiss.SearchParameters:
-    """SearchParameters mirroring the index's layers: knobs and the selector go to the
-    layer that uses them (IDMap2 translates the selector's product ids itself)."""
-    p = None
-    for layer in reversed(layers(index)):  # innermost first: a Refine wraps what is below
-        if isinstance(layer, WRAPPERS):
-            continue  # passes params through
-        if isinstance(layer, faiss.IndexRefine):
-            p = faiss.IndexRefineSearchParameters(k_factor=knobs["k_factor"],
-                                                  base_index_params=p)
-        elif isinstance(layer, faiss.IndexIVF):
-            p = faiss.SearchParametersIVF(nprobe=min(knobs["nprobe"], layer.nlist))
-        elif isinstance(layer, faiss.IndexHNSW):
-            p = faiss.SearchParametersHNSW(efSearch=knobs["efSearch"])
-        else:
-            p = faiss.SearchParameters()
-        if sel is not None and not isinstance(layer, faiss.IndexRefine):
-            p.sel = sel
-        keep += [p, sel]
-    return p
 
 
 def _train(index: faiss.Index, v: np.ndarray, factory: str) -> None:

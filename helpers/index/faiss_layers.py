@@ -9,12 +9,16 @@ HNSW, k_factor to the Refine), so code that sets them walks down to find the lay
     ivf = find(index, faiss.IndexIVF)        # None when there is none
     for layer in layers(index): ...          # outermost first, each downcast
 
+Search knobs are passed per call (`search_params`), never set on a shared index: threads
+of an app search the same index, and one call's nprobe must not leak into another's.
+
 Used by `helpers.index.faiss_index` and `helpers.index.compressed`. Imports faiss only.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import faiss
 
@@ -47,3 +51,41 @@ def find(index: faiss.Index, kind: type[T]) -> T | None:
 def has(index: faiss.Index, kind: type) -> bool:
     """Whether some layer is a `kind`."""
     return find(index, kind) is not None
+
+
+def search_params(index: faiss.Index, knobs: Mapping[str, float] | None = None,
+                  sel: Any = None) -> tuple[faiss.SearchParameters | None, list[Any]]:
+    """Per-call parameters for ``index.search(..., params=)``, nested as its layers are
+    (PreTransform -> Refine -> IVF / HNSW), with the knobs (nprobe, efSearch, k_factor; a
+    layer's own value where not given) and an ID selector on the layers that use them.
+
+    Returns (params, keep): FAISS nests the objects by C++ pointer, so the caller keeps
+    ``keep`` alive until the search returns. IDMap layers pass params on (and translate the
+    selector's ids themselves).
+    """
+    knobs = knobs or {}
+    keep: list[Any] = [] if sel is None else [sel]
+    p = None
+    for layer in reversed(layers(index)):  # innermost first: each wraps what is below
+        if isinstance(layer, faiss.IndexIDMap | faiss.IndexIDMap2):
+            continue
+        if isinstance(layer, faiss.IndexPreTransform):
+            outer = faiss.SearchParametersPreTransform()
+            if p is not None:
+                outer.index_params = p
+            p = outer
+        elif isinstance(layer, faiss.IndexRefine):
+            p = faiss.IndexRefineSearchParameters(
+                k_factor=float(knobs.get("k_factor", layer.k_factor)), base_index_params=p)
+        elif isinstance(layer, faiss.IndexIVF):
+            p = faiss.SearchParametersIVF(
+                nprobe=min(int(knobs.get("nprobe", layer.nprobe)), layer.nlist))
+        elif isinstance(layer, faiss.IndexHNSW):
+            p = faiss.SearchParametersHNSW(
+                efSearch=int(knobs.get("efSearch", layer.hnsw.efSearch)))
+        else:
+            p = faiss.SearchParameters()
+        if sel is not None and not isinstance(layer, faiss.IndexRefine | faiss.IndexPreTransform):
+            p.sel = sel
+        keep.append(p)
+    return p, keep

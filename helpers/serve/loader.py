@@ -338,16 +338,23 @@ def _index_method(root: Path, name: str, features: Any) -> Method:
     for folder in folders:
         try:
             index = load_index(folder, expect_source={"model": features.made_by.get("model")})
-            if name == "faiss":
-                import faiss
-
-                # An app runs one query per request, many requests at once: OpenMP threads
-                # per query only contend (a single-query search gets ~8x slower on 2 cores).
-                faiss.omp_set_num_threads(1)
             return _method(name, index=index, store=features, upload=True)
         except Exception as exc:  # noqa: BLE001 - a node down, a damaged file: try the next
             errors.append(f"{folder.name}: {type(exc).__name__}: {exc}")
     return _method(name, reason=f"{name} index could not be opened ({'; '.join(errors)[:300]})")
+
+
+def configure_app_process() -> None:
+    """Process-wide settings of an app server, called once at its start-up (the apps do):
+    FAISS searches on one OpenMP thread. An app runs one query per request, many requests
+    at once: OpenMP threads per query only contend (a single-query search gets ~8x slower
+    on 2 cores). Not done by `load_artifacts`: a notebook that opens the artifacts keeps
+    all its threads for its batch searches."""
+    try:
+        import faiss
+    except ImportError:  # a slim deploy without FAISS: nothing to set
+        return
+    faiss.omp_set_num_threads(1)
 
 
 # -- building a small serving set (tests, a PaaS release step) ------------------------------

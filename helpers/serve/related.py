@@ -125,7 +125,10 @@ def parse_k(value: Any, default: int = 10) -> int:
     if value is None:  # absent; present but empty is malformed
         return default
     s = str(value).strip()
-    if not s.isdecimal() or not s.isascii() or not 1 <= int(s[:6]) <= MAX_K:
+    # ASCII digits, no leading zero, no more digits than MAX_K has: only then is int() cheap
+    # and its value the one the text says ("000001000" is not 1,000).
+    if (not s.isascii() or not s.isdecimal() or s[0] == "0" or len(s) > len(str(MAX_K))
+            or int(s) > MAX_K):
         raise RelatedError(f"k must be a whole number from 1 to {MAX_K}, not {s[:20]!r}")
     return int(s)
 

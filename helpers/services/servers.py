@@ -91,6 +91,10 @@ class Server:
     port: int
     start_seconds: float = 0.0
     restart_args: dict[str, Any] = field(default_factory=dict, repr=False)
+    # (start time in clock ticks since boot, command line) of the process, from
+    # /proc/<pid>/stat and /proc/<pid>/cmdline when it started: a pid alone may have been
+    # reused by another process since (and root may signal any process).
+    process: tuple[int, bytes] | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int | None:
@@ -109,13 +113,42 @@ class Server:
             return False
         return True
 
+    def remember_process(self) -> None:
+        """Record who the pid file's process is, as it starts (see `is_ours`)."""
+        pid = self.pid
+        self.process = _process_identity(pid) if pid is not None else None
+
+    def is_ours(self, pid: int) -> bool:
+        """Whether pid is still the process we started: its start time and command line as
+        recorded. Unrecorded (it died before we saw it): only a process whose command line
+        names our working folder. Where /proc is absent, the pid is trusted."""
+        if not Path("/proc/self/stat").exists():
+            return True
+        now = _process_identity(pid)
+        if now is None:
+            return False  # gone
+        if self.process is not None:
+            # The same start tick is the same process; a zombie (exited, not yet reaped)
+            # has lost its command line.
+            return now[0] == self.process[0] and now[1] in (self.process[1], b"")
+        return str(self.workdir).encode() in now[1]
+
+    def _our_pid(self) -> int | None:
+        pid = self.pid
+        if pid is not None and not self.is_ours(pid):
+            log.warning("%s: pid %d of %s is no longer the process we started; not "
+                        "signalling it", self.name, pid, self.pidfile)
+            return None
+        return pid
+
     def kill(self) -> None:
         """SIGKILL, as a crash would (tests)."""
-        _signal_and_wait(self.pid, signal.SIGKILL, 30)
+        _signal_and_wait(self._our_pid(), signal.SIGKILL, 30)
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM by pid, then SIGKILL if it does not stop in time."""
-        pid = self.pid
+        """SIGTERM by pid, then SIGKILL if it does not stop in time; only if that pid is
+        still the process we started."""
+        pid = self._our_pid()
         if pid is not None and not _signal_and_wait(pid, signal.SIGTERM, timeout):
             log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it", self.name, pid,
                         timeout)
@@ -127,6 +160,7 @@ class Server:
         starter = {"elasticsearch": start_elasticsearch, "mongod": start_mongod}[self.name]
         new = starter(port=self.port, workdir=self.workdir, **self.restart_args)
         self.start_seconds, self.pidfile = new.start_seconds, new.pidfile
+        self.process = new.process
         return self
 
     def cleanup(self) -> None:
@@ -147,6 +181,18 @@ class Server:
             if f.is_file() and f.stat().st_size:
                 out += [f"--- {f.name}", *f.read_text(errors="replace").splitlines()[-lines:]]
         return "\n".join(out)
+
+
+def _process_identity(pid: int) -> tuple[int, bytes] | None:
+    """(start time in clock ticks since boot, command line) of a live process, or None."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # Field 22 (starttime), counted after the command name: "(name)" may hold spaces.
+    fields = stat_line[stat_line.rindex(b")") + 2:].split()
+    return int(fields[19]), cmdline
 
 
 def _signal_and_wait(pid: int | None, sig: int, timeout: float) -> bool:
@@ -344,6 +390,8 @@ def wait_for_elasticsearch(server: Server, timeout: float = ES_START_TIMEOUT) ->
     launcher: subprocess.Popen | None = getattr(server, "_launcher", None)
     deadline = t0 + timeout
     while time.monotonic() < deadline:
+        if server.process is None and server.pid is not None:
+            server.remember_process()  # the node just wrote it: this pid is the node
         if launcher is not None and launcher.poll() not in (None, 0):
             msg = (f"Elasticsearch at {server.url} failed to start "
                    f"(exit {launcher.returncode}):\n{server.log_tail()}")
@@ -418,6 +466,7 @@ def start_mongod(port: int | None = None, workdir: Path | None = None,
     pidfile.write_text(f"{proc.pid}\n")
     server = Server("mongod", f"mongodb://127.0.0.1:{port}", workdir, pidfile, port,
                     restart_args={"cache_gb": cache_gb, "timeout": timeout})
+    server.remember_process()  # our child: it cannot be another process yet
     server._ours = ours  # type: ignore[attr-defined]
     deadline = t0 + timeout
     while time.monotonic() < deadline:

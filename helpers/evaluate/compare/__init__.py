@@ -20,8 +20,9 @@ Every method is measured on the same products and pictures:
   latency p50/p99 one query at a time, QPS of a batch, and each approximate index's
   speed knob swept (``helpers.evaluate.sweep``).
 
-A method that cannot run here (an unknown model or runtime, no Elasticsearch node) is *skipped*
-with its reason; the others are still compared.
+A method that cannot run here (an unknown model or runtime, a missing optional package, no
+Elasticsearch node) is *skipped* with its reason; the others are still compared. Any other
+error in a method is a bug: it propagates, and the notebook fails.
 
     run = compare(ws, catalogue, ws.images(bson_path), methods=DEFAULT_METHODS)
     run.table            # one row per method: compare.csv

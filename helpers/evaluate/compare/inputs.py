@@ -15,6 +15,7 @@ import pandas as pd
 
 from helpers.catalogue.protocol import Catalogue
 from helpers.core import ids as item_ids
+from helpers.core.errors import MethodUnavailable
 from helpers.evaluate.method import Method
 from helpers.evaluate.metrics import multi_item_products
 from helpers.vectors.means import product_means
@@ -61,7 +62,7 @@ def load_embedder(model: str) -> Any:
         return models.load_extractor("mobilenet_v2", model)
     if model in models.NETS:
         return models.load_extractor(model, "onnx")
-    raise LookupError(f"no runtime or model {model!r} in helpers.models.RUNTIMES "
+    raise MethodUnavailable(f"no runtime or model {model!r} in helpers.models.RUNTIMES "
                       f"({', '.join(models.RUNTIMES)}) or NETS ({', '.join(models.NETS)})")
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from helpers.core.errors import MethodUnavailable
 from helpers.core.ids import IdMap
 from helpers.evaluate.compare.inputs import Vectors
 from helpers.evaluate.footprint import disk_bytes, resident_bytes
@@ -73,12 +74,14 @@ def index_spec(index: str, n: int, dim: int, k: int = 10,
 def build(kind: str, vectors: np.ndarray, ids: np.ndarray, categories: np.ndarray | None,
           es_params: Mapping[str, Any] | None = None, **extra: Any) -> tuple[Any, float]:
     """Build one index of a kind in INDEXES; (index, seconds). extra: engine parameters
-    (those of ``es_params`` / ``index_spec`` win). LookupError if its engine is not here."""
+    (those of ``es_params`` / ``index_spec`` win). MethodUnavailable if its engine is not
+    registered."""
     from helpers.index import METHODS, build_index
 
     method, params = index_spec(kind, len(ids), vectors.shape[1], es_params=es_params)
     if method not in METHODS:
-        raise LookupError(f"index method {method!r} is not registered in helpers.index.METHODS")
+        raise MethodUnavailable(
+            f"index method {method!r} is not registered in helpers.index.METHODS")
     t = time.perf_counter()
     built = build_index(method, vectors, ids, categories, **{**extra, **params})
     return built, time.perf_counter() - t

@@ -19,6 +19,7 @@ import pandas as pd
 
 from helpers.catalogue.protocol import Catalogue
 from helpers.core.cpu import cpu_info
+from helpers.core.errors import MethodUnavailable, ServiceUnavailable
 from helpers.evaluate.compare.inputs import (
     CATEGORY_COLUMNS,
     Vectors,
@@ -58,13 +59,19 @@ def default_methods() -> list[str]:
     return [*DEFAULT_METHODS, *extra]
 
 
-def _unavailable(exc: BaseException) -> bool:
-    """An engine that cannot be reached here (no server, not installed)."""
-    from helpers.core.errors import ServiceUnavailable
+OUR_PACKAGES = {"helpers", "apps"}
 
-    names = {c.__name__ for c in type(exc).__mro__}
-    return isinstance(exc, ServiceUnavailable | LookupError | ImportError | ConnectionError) \
-        or bool(names & {"ConnectionError", "ConnectionTimeout", "TransportError"})
+
+def _unavailable(exc: BaseException) -> bool:
+    """A method that cannot run here: no server answers, or an optional package or backend
+    is missing. Only these are skipped: a KeyError in a measurement is a bug, not an absent
+    engine, so no LookupError (nor an import error of our own code) qualifies."""
+    if isinstance(exc, ServiceUnavailable | MethodUnavailable | ConnectionError):
+        return True
+    if isinstance(exc, ImportError):  # a third-party package, not a broken import of ours
+        return bool(exc.name) and exc.name.split(".")[0] not in OUR_PACKAGES
+    # The Elasticsearch client's own connection errors (not builtin subclasses).
+    return bool({c.__name__ for c in type(exc).__mro__} & {"ConnectionError", "ConnectionTimeout"})
 
 
 
@@ -112,11 +119,13 @@ def compare(
             if m.embedding not in vecs:
                 try:
                     vecs[m.embedding] = vectors_of(m)
-                except (LookupError, ImportError) as e:
+                except Exception as e:
+                    if not _unavailable(e):
+                        raise
                     vecs[m.embedding] = f"embedding {m.embedding} unavailable: {e}"
             v = vecs[m.embedding]
             if isinstance(v, str):
-                raise LookupError(v)
+                raise MethodUnavailable(v)
             if cats is None:
                 cats = category_frame(catalogue, v.product_ids)
                 queries_p, queries_i = queries(v, n_queries, rng)
