@@ -281,14 +281,15 @@ def test_compressed_index_search_knobs_are_per_call():
     import faiss
 
     from helpers.index import compressed as bi
+    from helpers.index.faiss_layers import layers
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(4000, 32)).astype(np.float32)
     index = bi.compressed_index(d=32, dim=16, nlist=16, pq=4)
     bi.train(index, x, train_size=4000)
     bi.add_chunks(index, x, np.arange(4000, dtype=np.int64))
-    ivf = next(layer for layer in bi._layers(index) if isinstance(layer, faiss.IndexIVF))
-    refine = next(layer for layer in bi._layers(index) if isinstance(layer, faiss.IndexRefine))
+    ivf = next(layer for layer in layers(index) if isinstance(layer, faiss.IndexIVF))
+    refine = next(layer for layer in layers(index) if isinstance(layer, faiss.IndexRefine))
     before = (ivf.nprobe, refine.k_factor)
     q = x[:20]
     knobs = {"narrow": (1, 1), "wide": (16, 8)}
