@@ -19,11 +19,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
 from helpers.catalogue.image_source import BsonImageSource, ImageSource
 from helpers.catalogue.image_source import image as source_image
-from helpers.catalogue.protocol import Catalogue, ParquetCatalogue
+from helpers.catalogue.protocol import Catalogue
 from helpers.core import ids as item_ids
 from helpers.ingest.jpeg import decode_image
 
@@ -41,14 +40,13 @@ class Hit:
 class ProductImages:
     """Pictures and labels of catalogue products, by product id.
 
-    ``ProductImages(catalogue, source)`` with a `Catalogue` and an `ImageSource`; a
-    catalogue DataFrame and a BSON path are accepted too.
+    ``ProductImages(catalogue, source)`` with a `Catalogue` and an `ImageSource` (or the
+    path of a BSON dump).
     """
 
-    def __init__(self, catalogue: Catalogue | pd.DataFrame,
+    def __init__(self, catalogue: Catalogue,
                  source: ImageSource | str | os.PathLike) -> None:
-        self.catalogue = (ParquetCatalogue(catalogue) if isinstance(catalogue, pd.DataFrame)
-                          else catalogue)
+        self.catalogue = catalogue
         self.source = (BsonImageSource(source) if isinstance(source, str | os.PathLike)
                        else source)
 
@@ -140,7 +138,7 @@ def neighbours_figure(
     return fig
 
 
-def searcher(index, catalogue: Catalogue | pd.DataFrame | None = None,
+def searcher(index, catalogue: Catalogue | None = None,
              same_category: bool = False, level: str = "product") -> SearchFn:
     """A gallery search function over any index of the protocol, by item id.
 
@@ -149,8 +147,6 @@ def searcher(index, catalogue: Catalogue | pd.DataFrame | None = None,
     """
     if same_category and catalogue is None:
         raise ValueError("same_category=True needs the catalogue")
-    if isinstance(catalogue, pd.DataFrame):
-        catalogue = ParquetCatalogue(catalogue)
     item_ids.check_level(level)
 
     def search(item_id: int, k: int) -> list[Hit]:

@@ -247,7 +247,7 @@ def test_what_image_ids_cannot_pack_is_left_out_at_ingest(tmp_path):
     assert over["image_index"].tolist() == [ids.IMAGE_ID_BASE, ids.IMAGE_ID_BASE + 1]
     assert (over["kind"] == "image").all() and (over["product_id"] == 2).all()
     assert s.rejects_by_reason == {"bad_id": 2, "image_over_limit": 2}
-    store = embed_catalogue(cat.load_catalogue(tmp_path / "out"), path,
+    store = embed_catalogue(ParquetCatalogue(cat.load_catalogue(tmp_path / "out")), path,
                             lambda b: b.reshape(len(b), -1).mean(1, keepdims=True) + 1.0,
                             tmp_path / "vectors", image_size=16, level="image",
                             progress=False)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.ingest import bson_store
 from helpers.ingest import scan as cat
 from helpers.scale import distributed as dist
@@ -144,8 +145,9 @@ def test_sharded_vectors_equal_single_store(sample_catalogue, sample_bson, tmp_p
     from helpers.models import load_extractor
 
     df = cat.load_catalogue(sample_catalogue)
-    single = embed_catalogue(df, sample_bson, load_extractor("mobilenet_v2", "onnx"),
-                             tmp_path / "one", image_size=64, level=level, progress=False)
+    single = embed_catalogue(ParquetCatalogue(df), sample_bson,
+                             load_extractor("mobilenet_v2", "onnx"), tmp_path / "one",
+                             image_size=64, level=level, progress=False)
     sharded = _embed(sample_catalogue, sample_bson, tmp_path / "dask", level=level)
     assert len(sharded.shards) > 1 and len(sharded) == len(single)
     assert sharded.dim == single.dim == 1280

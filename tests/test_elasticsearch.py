@@ -52,8 +52,9 @@ def sample(_node_starting, tmp_path_factory):
     folder = tmp_path_factory.mktemp("es-sample")
     cat.build_catalogue(SAMPLE_BSON, folder / "catalogue", SAMPLE_CATEGORIES, progress=False)
     df = cat.load_catalogue(folder / "catalogue")
-    store = embed_catalogue(df, SAMPLE_BSON, load_extractor("mobilenet_v2", "onnx"),
-                            folder / "vectors", image_size=180, progress=False)
+    store = embed_catalogue(ParquetCatalogue(df), SAMPLE_BSON,
+                            load_extractor("mobilenet_v2", "onnx"), folder / "vectors",
+                            image_size=180, progress=False)
     catalogue = ParquetCatalogue(df)
     ids = np.asarray(store.item_ids, np.int64)
     return {"vectors": np.asarray(store.vectors), "ids": ids,

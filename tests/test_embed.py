@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 import helpers.models as hm
+from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.ingest import bson_store
 from helpers.ingest import scan as cat
 from helpers.ingest.jpeg import to_float
@@ -242,14 +243,14 @@ def test_finished_store_is_reused(real, real_products, real_bson, onnx_extractor
 def test_finished_store_other_settings(real, real_bson, onnx_extractor, tmp_path):
     head = real.head(5)
     out = tmp_path / "store"
-    first = embed_catalogue(head, real_bson, onnx_extractor, out, image_size=128,
+    first = embed_catalogue(ParquetCatalogue(head), real_bson, onnx_extractor, out, image_size=128,
                             progress=False)
     kept = np.array(first.vectors)
     with pytest.raises(VectorStoreError, match="image_size: is 128, now 96"):
-        embed_catalogue(head, real_bson, onnx_extractor, out, image_size=96,
+        embed_catalogue(ParquetCatalogue(head), real_bson, onnx_extractor, out, image_size=96,
                         progress=False)
     counting = Wrapped(onnx_extractor)
-    store = embed_catalogue(head, real_bson, counting, out, image_size=96,
+    store = embed_catalogue(ParquetCatalogue(head), real_bson, counting, out, image_size=96,
                             resume=False, progress=False)
     assert counting.calls == 1 and store.made_by["image_size"] == 96 and len(store) == 5
     # The 128 px embedding was moved aside, not deleted: hours of work are never lost.
@@ -349,7 +350,7 @@ def test_uint8_backends_get_the_decoded_bytes(real, real_bson, tmp_path):
         def meta(self) -> dict[str, Any]:
             return {"model": "mean", "backend": self.input_spec.dtype}
 
-    head = real.head(10)
+    head = ParquetCatalogue(real.head(10))
     a = embed_catalogue(head, real_bson, Mean("uint8"), tmp_path / "u8", image_size=32,
                         progress=False)
     assert set(seen) == {np.dtype(np.uint8)}

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.core import artifacts
 from helpers.core.paths import SAMPLE_BSON
 from helpers.ingest import bson_store
@@ -60,6 +61,7 @@ class Tiny:
 CHILD = textwrap.dedent('''
     import json, os, signal, sys, threading, time
     import numpy as np
+    from helpers.catalogue.protocol import ParquetCatalogue
     from helpers.ingest import scan as cat
     from helpers.vectors.embed import embed_catalogue
     {tiny}
@@ -79,8 +81,8 @@ CHILD = textwrap.dedent('''
                             workers=args["workers"], checkpoint_every=args["every"],
                             verify_images="decode")
     else:
-        embed_catalogue(cat.load_catalogue(args["catalogue"]), args["bson"], Tiny(),
-                        args["out"], image_size=32, level=args["level"], batch_size=24,
+        embed_catalogue(ParquetCatalogue(cat.load_catalogue(args["catalogue"])), args["bson"],
+                        Tiny(), args["out"], image_size=32, level=args["level"], batch_size=24,
                         decode_threads=1, progress=False)
     print("DONE", time.perf_counter() - t0, flush=True)
 ''').replace("{tiny}", inspect.getsource(Tiny))
@@ -266,15 +268,15 @@ def test_disk_full_while_embedding_keeps_the_store_resumable(damaged, damaged_ca
                                                              small_disk, tmp_path):
     df = cat.load_catalogue(damaged_catalogue)
     kw = {"image_size": 32, "batch_size": 24, "progress": False, "decode_threads": 1}
-    embed_catalogue(df, damaged, Tiny(), tmp_path / "ref", **kw)
+    embed_catalogue(ParquetCatalogue(df), damaged, Tiny(), tmp_path / "ref", **kw)
     filler = _fill(small_disk, 40 * 1024)
     out = small_disk / "vectors"
     with pytest.raises(VectorStoreError, match="cannot write the vector store in .*vectors: "
                                                "No space left on device.*resumes") as info:
-        embed_catalogue(df, damaged, Tiny(), out, **kw)
+        embed_catalogue(ParquetCatalogue(df), damaged, Tiny(), out, **kw)
     assert info.value.__cause__.errno == errno.ENOSPC
     filler.unlink()
-    embed_catalogue(df, damaged, Tiny(), out, **kw)
+    embed_catalogue(ParquetCatalogue(df), damaged, Tiny(), out, **kw)
     assert _store(out) == _store(tmp_path / "ref")
 
 
@@ -355,8 +357,8 @@ def test_catalogue_parts_are_synced_before_the_checkpoint_counting_them(damaged,
 def test_vector_rows_and_rejects_are_synced_before_meta_counts_them(damaged_catalogue,
                                                                       damaged, fsyncs,
                                                                       tmp_path):
-    embed_catalogue(cat.load_catalogue(damaged_catalogue), damaged, Tiny(), tmp_path / "v",
-                    image_size=16, level="image", batch_size=256, progress=False)
+    embed_catalogue(ParquetCatalogue(cat.load_catalogue(damaged_catalogue)), damaged, Tiny(),
+                    tmp_path / "v", image_size=16, level="image", batch_size=256, progress=False)
     rejects = pd.read_csv(tmp_path / "v" / "rejects.csv")
     assert len(rejects) == 2  # the two fake JPEGs: one batch appended rejects
     metas = _synced_before(fsyncs, "meta.json", ["vectors.f32", "ids.i64", "rejects.csv"])

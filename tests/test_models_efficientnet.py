@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import helpers.models as hm
+from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.models.nets import efficientnet_lite as eff
 
 REFERENCE = Path(__file__).parent / "data" / "efficientnet_lite2_torch_reference.npz"
@@ -138,7 +139,7 @@ def test_store_of_another_backbone_is_refused(
     mobilenet = hm.load_extractor("mobilenet_v2", "onnx", cache_dir=model_cache,
                                   intra_op_threads=2)
     cat.build_catalogue(sample_bson, tmp_path / "catalogue", sample_categories, progress=False)
-    head = cat.load_catalogue(tmp_path / "catalogue").head(4)
+    head = ParquetCatalogue(cat.load_catalogue(tmp_path / "catalogue").head(4))
     store = embed_catalogue(head, sample_bson, mobilenet, tmp_path / "vectors", image_size=64,
                             progress=False)
     assert store.made_by["model"] != ext.meta()["model"]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import helpers.models as hm
+from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.ingest.jpeg import decode_image
 from helpers.vectors.store import VectorStore, VectorStoreError
 
@@ -189,7 +190,7 @@ def test_store_made_by_another_runtime_is_refused(
     from helpers.vectors.embed import embed_catalogue
 
     cat.build_catalogue(sample_bson, tmp_path / "catalogue", sample_categories, progress=False)
-    head = cat.load_catalogue(tmp_path / "catalogue").head(6)
+    head = ParquetCatalogue(cat.load_catalogue(tmp_path / "catalogue").head(6))
     store = embed_catalogue(head, sample_bson, fp32, tmp_path / "vectors", image_size=96,
                             progress=False)
     assert store.made_by["runtime"] == "onnx" and store.made_by["precision"] == "fp32"

@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.ingest import bson_store
 from helpers.ingest import scan as cat
 from helpers.vectors.embed import catalogue_fingerprint
@@ -354,7 +355,7 @@ def _embed_task(catalogue_path: str, bson_path: str, factory: Callable[[], Any],
     rows = pq.read_table(catalogue_path, filters=[("offset", ">=", start),
                                                   ("offset", "<", end)]).to_pandas()
     rows = rows.sort_values("offset", kind="stable", ignore_index=True)  # catalogue order
-    store = embed_rows(rows, bson_path, _worker_extractor(factory), shard,
+    store = embed_rows(ParquetCatalogue(rows), bson_path, _worker_extractor(factory), shard,
                        image_size=image_size, level=level, batch_size=batch_size,
                        decode_threads=decode_threads, rebuild_stale=True, progress=False)
     return dict(store.meta)

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 from helpers.catalogue.image_source import BsonImageSource, ImageSource
 from helpers.catalogue.protocol import (
     Catalogue,
-    ParquetCatalogue,
     catalogue_fingerprint,
     iter_products,
 )
@@ -204,7 +203,7 @@ def _disk_full_is_one_error(embed):
 
 @_disk_full_is_one_error
 def embed_catalogue(
-    catalogue: Catalogue | pd.DataFrame,
+    catalogue: Catalogue,
     images: ImageSource | str | os.PathLike,
     extractor: Extractor,
     out_dir: str | os.PathLike,
@@ -219,7 +218,7 @@ def embed_catalogue(
 ) -> VectorStore:
     """Embed every usable image of ``catalogue`` into a vector store at ``out_dir``.
 
-    catalogue: a `helpers.catalogue.protocol.Catalogue` (a catalogue DataFrame is wrapped).
+    catalogue: a `helpers.catalogue.protocol.Catalogue` (`ParquetCatalogue(df)` for a frame).
     images: where the pictures are, an `ImageSource` (a BSON path is wrapped).
     image_size: side the pictures are resized to (224: the models' training size,
         default; 180: Cdiscount's native size, no resize and ~1.5x fewer pixels).
@@ -236,8 +235,6 @@ def embed_catalogue(
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
-    if isinstance(catalogue, pd.DataFrame):
-        catalogue = ParquetCatalogue(catalogue)
     if isinstance(images, str | os.PathLike):
         images = BsonImageSource(images)
     out_dir = Path(out_dir)
