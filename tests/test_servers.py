@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,6 +15,16 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
 def _sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie, read from /proc: Popen.poll() would say "exited (0)" for a
+    live child if something in this test process reaped children (SIGCHLD ignored)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def _server(tmp_path, pid: int) -> Server:
@@ -28,12 +39,13 @@ def test_stop_leaves_a_process_that_is_not_ours(tmp_path):
     server.remember_process()  # as at start
     first.kill()
     first.wait()  # it exited; its pid may now be anyone's
+    time.sleep(0.05)  # start times tick in 10 ms: a reused pid is always ticks later
     other = _sleeper()  # the same command line, another process
     try:
         server.pidfile.write_text(f"{other.pid}\n")  # as if the pid had been reused
         server.stop(timeout=5)
         server.kill()
-        assert other.poll() is None  # still running: never signalled
+        assert _running(other.pid)  # still running: never signalled
     finally:
         other.kill()
         other.wait()
