@@ -23,6 +23,8 @@ constructor takes ``(model_handle=None, *, cache_dir, intra_op_threads, batch_si
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +54,10 @@ __all__ = [
     "check_batch",
     "default_cache_dir",
     "imagenet_classes",
+    "extractor_for",
     "load_classifier",
     "load_extractor",
+    "load_extractor_for",
     "load_style_extractor",
     "prepare_images",
 ]
@@ -68,6 +72,12 @@ BACKENDS = Registry(
         "efficientnet_lite2": "helpers.models.efficientnet_lite:EfficientNetLiteExtractor",
     },
 )
+log = logging.getLogger(__name__)
+
+# What identifies a model's vectors in a store's ``made_by``: an extractor that differs on
+# any of these makes vectors of another space.
+IDENTITY = ("model", "weights_sha256", "dim", "calibration")
+
 _CLASSES = {
     "OnnxFeatureExtractor": "onnx",
     "TFHubFeatureExtractor": "tf",
@@ -104,6 +114,59 @@ def load_extractor(
     return BACKENDS[backend](model_handle, cache_dir=cache_dir,
                              intra_op_threads=intra_op_threads, batch_size=batch_size,
                              **options)
+
+
+def extractor_for(made_by: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(backend, options)`` for :func:`load_extractor` that embed as the vectors whose
+    ``made_by`` (a vector store's settings, :meth:`FeatureExtractor.meta` and more) this is.
+
+    The one place that maps what a store records to how to load its model again: the
+    backend it names, with its precision (and int8 calibration), except that a ``"tf"``
+    store of the local MobileNetV2 weights is served by ``"onnx"`` fp32 (the same graph
+    to 1e-5; an app never imports TensorFlow). ValueError, saying why, when those vectors
+    cannot be made again here (a TF-Hub module, int8 calibrated on another file, a
+    backend this version lacks).
+    """
+    from .mobilenet_v2 import MODEL_NAME as MOBILENET_V2
+
+    model = str(made_by.get("model", ""))
+    backend = str(made_by.get("backend") or "onnx")
+    if backend == "tf":
+        if model != MOBILENET_V2:
+            raise ValueError(f"vectors of {model[:80]!r} need TensorFlow")
+        backend = "onnx"
+    if backend not in BACKENDS:
+        raise ValueError(f"vectors of backend {backend!r}, which this version lacks")
+    options: dict[str, Any] = {}
+    if backend in ("onnx", "openvino"):
+        options["precision"] = str(made_by.get("precision") or "fp32")
+        calibration = made_by.get("calibration")
+        if calibration:  # "<file name>:<pictures>:<sha256>", see quantize
+            name, count, *_ = str(calibration).split(":")
+            if name != "sample":
+                raise ValueError(f"int8 vectors calibrated on {name!r}, not on the built-in "
+                                 f"sample: the same int8 model cannot be rebuilt here")
+            options["calibration_pictures"] = int(count)
+    return backend, options
+
+
+def load_extractor_for(made_by: Mapping[str, Any], **kwargs: Any) -> FeatureExtractor:
+    """The extractor that makes vectors like those of ``made_by`` (see :func:`extractor_for`);
+    ``kwargs`` go to :func:`load_extractor` (threads, batch size). ValueError if the one
+    loaded is not that model (other weights, dimension, calibration)."""
+    backend, options = extractor_for(made_by)
+    extractor = load_extractor(backend, **options, **kwargs)
+    meta = extractor.meta()
+    diff = [k for k in IDENTITY if meta.get(k) != made_by.get(k)]
+    if diff:
+        raise ValueError("the model here is not the one the vectors were made with: "
+                         + ", ".join(f"{k} {made_by.get(k)!r} there, {meta.get(k)!r} here"
+                                     for k in diff))
+    if meta.get("precision") != made_by.get("precision"):
+        # OpenVINO without bf16 units runs fp32: the same space, a little more exact.
+        log.warning("vectors made in %s, embedding in %s", made_by.get("precision"),
+                    meta.get("precision"))
+    return extractor
 
 
 def load_classifier(
