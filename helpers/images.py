@@ -1,8 +1,10 @@
-"""Decode and check product images (JPEG bytes from the BSON store).
+"""Decode and check product images (JPEG bytes from the BSON store) and query photos.
 
 Cdiscount pictures are 180x180 RGB JPEGs, but a real dump also holds the odd
 greyscale or CMYK file, and a damaged one: every decode goes through here so
-those become RGB arrays or a clear ``ImageError``.
+those become RGB arrays or a clear ``ImageError``. A query photo (an upload: a phone's
+EXIF-rotated JPEG or MPO, a transparent PNG) goes through the same ``decode_image``, so
+it is prepared exactly as the catalogue pictures it is compared with.
 """
 
 from __future__ import annotations
@@ -114,10 +116,11 @@ def decode_image(data: bytes, size: int | None = None,
       factor to no less than ``2 * size`` a side, strip by strip, so no second full-size
       copy is made beside the decoded one.
 
-    Memory of one call: a JPEG of W x H pixels decodes to 3 bytes x max(W*H/64,
-    ~(2 * size)^2) at most (a 40 Mpixel photo at 224 px: 1000 x 625, 1.9 MB); a PNG, WebP,
+    Memory of one call: a JPEG of W x H pixels decodes to 3 bytes x max(W*H/64, about
+    (2 * size)^2) at most (a 40 Mpixel photo at 224 px: 1000 x 625, 1.9 MB); a PNG, WebP,
     GIF or BMP cannot be drafted and takes its full decoded size (up to 4 bytes a pixel:
-    160 MB for 40 Mpixels of RGBA) plus about 1 MB of strips and the reduced copy.
+    160 MB for 40 Mpixels of RGBA) plus a few strips (4 MB each at 8000 px wide, RGBA) and
+    the reduced copy (about 1 MB).
 
     A 180x180 catalogue JPEG goes through none of that (no orientation tag, no alpha, nothing
     to reduce): its pixels are the plain decode, resized. Raises ``ImageError`` with the
