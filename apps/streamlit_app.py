@@ -5,7 +5,7 @@
 
 The artifacts are opened once per server process (`st.cache_resource`), never rebuilt:
 no model runs at start-up (the original app re-embedded the catalogue there). A photo
-upload is embedded on demand by the ONNX MobileNetV2. The logic lives in
+upload is embedded on demand by the model that made the method's vectors. The logic lives in
 `helpers.serve.related`; this file only lays it out.
 """
 

@@ -157,16 +157,26 @@ def load_extractor(
                              **options)
 
 
-def extractor_args(meta: Mapping[str, Any], calibration: str | Path | None = None
-                   ) -> dict[str, Any]:
+# What identifies a model's vectors in a store's ``made_by``: an extractor that differs on
+# any of these makes vectors of another space (precision and runtime only round differently).
+IDENTITY = ("model", "weights_sha256", "dim", "calibration")
+
+
+def extractor_args(meta: Mapping[str, Any], calibration: str | Path | None = None, *,
+                   serving: bool = False) -> dict[str, Any]:
     """The :func:`load_extractor` arguments that make vectors like a store's ``made_by``.
 
-    Same model, runtime and precision (and int8 calibration); the picture size is the
-    store's ``made_by["image_size"]``, for the caller to resize to. Reads the meta of
-    older stores too (``backend`` instead of ``runtime``; ``backend="efficientnet_lite2"``
-    is EfficientNet-Lite2 on onnx). ``calibration``: the BSON file an int8 store was
+    The one place that maps what a store records back to a model: same model, runtime and
+    precision (and int8 calibration); the picture size is the store's
+    ``made_by["image_size"]``, for the caller to resize to. Reads the meta of older stores
+    too (``backend`` instead of ``runtime``; ``backend="efficientnet_lite2"`` is
+    EfficientNet-Lite2 on onnx). ``calibration``: the BSON file an int8 store was
     calibrated on, when that was not the built-in sample (the meta has its name only).
-    Raises ValueError for vectors no :func:`load_extractor` makes (e.g. VGG16 style).
+
+    serving: for an app, which never imports TensorFlow: a ``tf`` store of the local
+    weights is embedded by ``onnx`` fp32 (the same graph, to 1e-5), and a TF-Hub module's
+    vectors are refused. ValueError, saying why, for vectors that cannot be made again here
+    (VGG16 style, a network or runtime this version lacks, int8 calibrated elsewhere).
     """
     model = str(meta.get("model"))
     runtime = meta.get("runtime")
@@ -180,13 +190,21 @@ def extractor_args(meta: Mapping[str, Any], calibration: str | Path | None = Non
     if handle is None and runtime == "tf" and model not in NETS and meta.get("weights") == model:
         handle = model  # an older TF-Hub store: its model was the handle
     if handle is not None:
+        if serving:
+            raise ValueError(f"vectors of the TF-Hub module {str(handle)[:80]!r} need "
+                             "TensorFlow, which an app never imports")
         return {"model": "mobilenet_v2", "runtime": "tf", "precision": "fp32",
                 "model_handle": handle}
     if model not in NETS:
-        raise ValueError(f"vectors made by model {model!r}: not a network of helpers.models "
-                         f"({', '.join(NETS)})" + (" - use load_style_extractor"
-                                                   if model.startswith("vgg16") else ""))
-    _check(model, str(runtime))
+        raise ValueError(f"vectors made by model {model[:80]!r}: not a network of "
+                         f"helpers.models ({', '.join(NETS)})"
+                         + (" - use load_style_extractor" if model.startswith("vgg16") else ""))
+    if runtime not in RUNTIMES:
+        raise ValueError(f"vectors of runtime {runtime!r}, which this version lacks "
+                         f"({', '.join(RUNTIMES)})")
+    if serving and runtime == "tf":
+        args.update(runtime="onnx", precision="fp32")
+    _check(model, str(args["runtime"]))
     if meta.get("calibration"):  # "<file name or sample>:<pictures>:<hash>"
         source, n, _ = str(meta["calibration"]).split(":")
         args["calibration_pictures"] = int(n)
@@ -198,21 +216,28 @@ def extractor_args(meta: Mapping[str, Any], calibration: str | Path | None = Non
     return args
 
 
-def extractor_for(meta: Mapping[str, Any], calibration: str | Path | None = None,
-                  **kw: Any) -> FeatureExtractor:
+def extractor_for(meta: Mapping[str, Any], calibration: str | Path | None = None, *,
+                  serving: bool = False, **kw: Any) -> FeatureExtractor:
     """``load_extractor(**extractor_args(meta), **kw)``: the extractor of a store's vectors.
 
     kw: settings that do not change the vectors (``cache_dir``, ``intra_op_threads``,
-    ``batch_size``). Logs a warning when the result differs from the recorded meta
-    (e.g. bf16 vectors, but this CPU runs fp32: close, not identical).
+    ``batch_size``). A result of another model, weights, dimension or calibration than the
+    store's (IDENTITY) makes vectors of another space: ValueError when ``serving`` (an app
+    must not answer with them), else a warning. Another precision or runtime only rounds
+    differently (bf16 vectors, but this CPU runs fp32): a warning.
     """
-    ext = load_extractor(**extractor_args(meta, calibration), **kw)
-    now = ext.meta()
-    differ = [k for k in ("model", "weights_sha256", "runtime", "precision", "calibration")
-              if k in now and k in meta and now[k] != meta[k]]
+    ext = load_extractor(**extractor_args(meta, calibration, serving=serving), **kw)
+    now = {**ext.meta(), "model": ext.meta().get("model")}
+    was = {**meta, "model": _LEGACY_MODELS.get(str(meta.get("model")), meta.get("model"))}
+    other = [k for k in IDENTITY if k in now and k in was and now[k] != was[k]]
+    if other and serving:
+        raise ValueError("the model here is not the one the vectors were made with: "
+                         + ", ".join(f"{k} {was[k]!r} there, {now[k]!r} here" for k in other))
+    differ = other + [k for k in ("runtime", "precision")
+                      if k in now and k in was and now[k] != was[k]]
     if differ:
-        log.warning("extractor for %s differs from the store's in %s: %s", meta.get("model"),
-                    ", ".join(differ), {k: (meta[k], now[k]) for k in differ})
+        log.warning("extractor for %s differs from the store's in %s: %s", was.get("model"),
+                    ", ".join(differ), {k: (was[k], now[k]) for k in differ})
     return ext
 
 

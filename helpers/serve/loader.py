@@ -45,9 +45,10 @@ ENV_WORK_DIR = "VPS_ARTIFACTS"
 ENV_BSON = "VPS_BSON"
 ENV_MONGO = "VPS_MONGO_URI"
 
-# prefix of the MobileNetV2 model name in meta.json: "mobilenet_v2" (older stores:
-# "mobilenet_v2_100_imagenet_torchvision")
-FEATURE_MODEL = "mobilenet_v2"
+# Prefixes of the model names of the feature vectors the indexes serve (older stores:
+# "mobilenet_v2_100_imagenet_torchvision"): uploads are embedded by the same model
+# (helpers.models.extractor_for).
+FEATURE_MODELS = ("mobilenet_v2", "efficientnet_lite2")
 STYLE_MODEL = "vgg16_gram_style"  # prefix of the VGG16 Gram style model name
 
 # What builds each artifact, for the messages.
@@ -128,7 +129,7 @@ def _meta_files(root: Path, depth: int = SCAN_DEPTH) -> Iterator[tuple[Path, dic
             yield folder, meta
 
 
-def find_vector_stores(root: Path, model_prefix: str,
+def find_vector_stores(root: Path, model_prefix: str | tuple[str, ...],
                        fingerprint: str | None = None) -> list[Path]:
     """Finished vector stores of a model below root, product level first, newest first.
 
@@ -277,7 +278,7 @@ def load_artifacts(work_dir: str | os.PathLike | None = None, *,
                               f"{ENV_BSON} to its path, or rebuild with `{BUILD['catalogue']}`")
     art = Artifacts(root, catalogue, BsonImageSource(bson), bson_path=bson)
     fingerprint = catalogue.fingerprint
-    features = _open_store(root, FEATURE_MODEL, fingerprint)
+    features = _open_features(root, fingerprint, methods)
     for name in methods:
         if name == "style":
             art.methods[name] = _style_method(root, catalogue, fingerprint)
@@ -302,6 +303,38 @@ def _open_store(root: Path, model_prefix: str, fingerprint: str) -> Any:
         except VectorStoreError as exc:
             log.warning("%s: %s", folder, exc)
     return None
+
+
+def _open_features(root: Path, fingerprint: str, methods: tuple[str, ...]) -> Any:
+    """The feature vectors to serve: of the stores of any of FEATURE_MODELS (product level
+    first, newest first), the first that an index of ``methods`` was built from, else the
+    first (a newer store of another model does not hide the one the indexes were built on).
+    """
+    from helpers.vectors.store import VectorStore, VectorStoreError
+
+    first = None
+    for folder in find_vector_stores(root, FEATURE_MODELS, fingerprint):
+        try:
+            store = VectorStore(folder)
+        except VectorStoreError as exc:
+            log.warning("%s: %s", folder, exc)
+            continue
+        if any(find_indexes(root, m, store.made_by) for m in methods if m != "style"):
+            return store
+        first = first or store
+    return first
+
+
+def _can_embed(store: Any) -> bool:
+    """Can an upload be embedded here by the model that made ``store`` (no TensorFlow)?"""
+    from helpers.models import extractor_args
+
+    try:
+        extractor_args(store.made_by, serving=True)
+    except ValueError as exc:
+        log.info("no photo search on %s: %s", store.folder, exc)
+        return False
+    return True
 
 
 def _style_method(root: Path, catalogue: Catalogue, fingerprint: str) -> Method:
@@ -329,8 +362,8 @@ def _index_method(root: Path, name: str, features: Any) -> Method:
         return _method(name, reason=f"the {name} engine needs the Python package "
                                     f"{exc.name!r}: pip install it to serve {name}")
     if features is None:
-        return _method(name, reason=f"no MobileNetV2 vectors: build them with "
-                                    f"`{BUILD['vectors']}`")
+        return _method(name, reason=f"no MobileNetV2 or EfficientNet-Lite2 vectors: build "
+                                    f"them with `{BUILD['vectors']}`")
     folders = find_indexes(root, name, features.made_by)
     if not folders:
         return _method(name, reason=f"no {name} index: build it with `{BUILD.get(name, '')}`")
@@ -338,7 +371,7 @@ def _index_method(root: Path, name: str, features: Any) -> Method:
     for folder in folders:
         try:
             index = load_index(folder, expect_source={"model": features.made_by.get("model")})
-            return _method(name, index=index, store=features, upload=True)
+            return _method(name, index=index, store=features, upload=_can_embed(features))
         except Exception as exc:  # noqa: BLE001 - a node down, a damaged file: try the next
             errors.append(f"{folder.name}: {type(exc).__name__}: {exc}")
     return _method(name, reason=f"{name} index could not be opened ({'; '.join(errors)[:300]})")

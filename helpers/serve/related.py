@@ -5,11 +5,14 @@
     rel.related(1000010653, k=10, method="faiss")                 # list[Hit], best first
     seen = RecentlyViewed(n=5); seen.add(1000010653); seen.add(1000010700)
     rel.related_to_recent(seen.ids, k=10, method="annoy")        # leaves out what was seen
-    rel.search_upload(jpeg_bytes, k=10, method="faiss")           # ONNX MobileNetV2, no TF
+    rel.search_upload(photo_bytes, k=10, method="faiss")          # the index's own model, no TF
 
 Every search goes through one path (`search_vector`): the method's index, a category
 filter, products to leave out, and, for image-level indexes, one hit per product (its
-best picture). Input errors are `RelatedError` subclasses (ValueError), so an app turns
+best picture). An uploaded photo is decoded as the catalogue pictures were
+(`helpers.images.decode_image`: EXIF orientation, alpha on white, draft/reduce) and embedded
+by the model its method's vectors were made with (`helpers.models.extractor_for`, from
+the store's ``made_by``). Input errors are `RelatedError` subclasses (ValueError), so an app turns
 them into a 400 (or a 404 for an unknown product) with their message.
 """
 
@@ -30,6 +33,7 @@ from helpers.catalogue.protocol import UnknownProductError
 from helpers.core import ids as item_ids
 from helpers.core.ids import IdMap
 from helpers.index.local import LocalIndex
+from helpers.ingest.jpeg import ImageError, decode_image, to_float
 from helpers.serve.loader import Artifacts, Method
 
 MAX_K = 100
@@ -37,7 +41,8 @@ MAX_RECENT = 10
 PRODUCT_CACHE = 100_000  # Product objects kept by a Related (about 40 MB at most)
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # a phone photo is 2-6 MB
 MAX_UPLOAD_PIXELS = 40_000_000  # 8000 x 5000; checked on the header, before any decode
-UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+# MPO: a phone's JPEG with its preview picture (MPF); the first frame is the photo.
+UPLOAD_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP")
 MERGES = ("mean", "merge")
 
 
@@ -163,19 +168,22 @@ def check_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES,
     return img
 
 
-def decode_upload(data: bytes, size: int, **limits: int) -> np.ndarray:
-    """A checked upload decoded to uint8 RGB [size, size, 3] (JPEG draft mode: big photos
-    decode at 1/2..1/8 scale, cheaply)."""
-    img = check_upload(data, **limits)
+def decode_upload(data: bytes, size: int, max_bytes: int = MAX_UPLOAD_BYTES,
+                  max_pixels: int = MAX_UPLOAD_PIXELS) -> np.ndarray:
+    """A checked upload decoded to uint8 RGB [size, size, 3] as a catalogue picture is
+    (`helpers.images.decode_image`: upright by its EXIF orientation, transparency on white,
+    a JPEG or MPO decoded at 1/2..1/8 scale in draft mode).
+
+    Memory of one call: a JPEG of ``max_pixels`` (40 M) decodes at 1/8 scale, 2 MB (4 MB
+    peak measured); a PNG (WebP, GIF, BMP) cannot be drafted and decodes in full: up to 4
+    bytes a pixel, 160 MB at 40 Mpixels of RGBA (173 MB peak measured with the reduction).
+    ``tests/test_uploads.py`` checks the bound.
+    """
+    check_upload(data, max_bytes, max_pixels)
     try:
-        if img.format == "JPEG":
-            img.draft("RGB", (size, size))
-        img.seek(0)  # first frame of a GIF
-        img.load()
-        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        return decode_image(data, size, max_side=None, max_pixels=max_pixels)
+    except ImageError as exc:
         raise UploadError(f"the picture does not decode: {exc}") from None
-    return np.asarray(img)
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -187,7 +195,7 @@ class Related:
     def __init__(self, artifacts: Artifacts, onnx_threads: int | None = 1) -> None:
         self.art = artifacts
         self.onnx_threads = onnx_threads
-        self._extractor: Any = None
+        self._extractors: dict[tuple, Any] = {}  # one per model: see extractor()
         self._lock = threading.Lock()
         self._rows: dict[int, IdMap] = {}  # per store: its product ids -> rows
         self._cats: dict[int, np.ndarray] = {}  # per store: category of each item
@@ -329,17 +337,11 @@ class Related:
         return sorted(best.values(), key=lambda h: -h.score)[:k]
 
     def embed_upload(self, data: bytes, method: str | None = None) -> np.ndarray:
-        """The vector of an uploaded picture, by the ONNX MobileNetV2 (never TensorFlow)."""
+        """The vector of an uploaded picture, by the model (backend, precision, picture size)
+        that made the method's vectors, never TensorFlow."""
         m = self.method(method)
-        if not m.upload:
-            can = ", ".join(n for n in self.art.available() if self.art.methods[n].upload)
-            raise UnknownMethodError(f"method {m.name!r} cannot search by photo here (its "
-                                     f"model needs TensorFlow); use one of: {can}")
-        pixels = decode_upload(data, m.image_size)
-        extractor = self.extractor()
-        from helpers.ingest.jpeg import to_float
-
-        return extractor(to_float([pixels]))[0]
+        extractor = self.extractor(m.name)
+        return extractor(to_float([decode_upload(data, m.image_size)]))[0]
 
     def search_upload(self, data: bytes, k: int = 10, method: str | None = None,
                       category: int | None = None) -> list[Hit]:
@@ -347,15 +349,33 @@ class Related:
         m = self.method(method)
         return self.search_vector(self.embed_upload(data, m.name), k, m.name, category)
 
-    def extractor(self) -> Any:
-        """The ONNX MobileNetV2, loaded on first use (start-up embeds nothing)."""
-        with self._lock:
-            if self._extractor is None:
-                from helpers.models import load_extractor
+    def extractor(self, method: str | None = None) -> Any:
+        """The model that embeds a photo for ``method`` (default: the default method): the
+        one its vectors' ``made_by`` names, loaded on first use (start-up embeds nothing)
+        and shared by the methods whose vectors it made. UnknownMethodError when it cannot
+        run here."""
+        from helpers.models import extractor_args, extractor_for
 
-                self._extractor = load_extractor("mobilenet_v2", "onnx",
-                                                 intra_op_threads=self.onnx_threads)
-            return self._extractor
+        m = self.method(method)
+        made_by = m.store.made_by if m.store is not None else {}
+        try:
+            if not m.upload:  # VGG16 style vectors: TensorFlow
+                raise ValueError("its model needs TensorFlow")
+            args = extractor_args(made_by, serving=True)
+        except ValueError as exc:
+            can = ", ".join(n for n in self.art.available() if self.art.methods[n].upload)
+            raise UnknownMethodError(f"method {m.name!r} cannot search by photo here ({exc});"
+                                     f" use one of: {can}") from None
+        key = (*sorted((k, str(v)) for k, v in args.items()), made_by.get("weights_sha256"))
+        with self._lock:
+            if key not in self._extractors:
+                try:
+                    self._extractors[key] = extractor_for(
+                        made_by, serving=True, intra_op_threads=self.onnx_threads)
+                except ValueError as exc:  # other weights here than there
+                    raise UnknownMethodError(f"method {m.name!r} cannot search by photo "
+                                             f"here ({exc})") from None
+            return self._extractors[key]
 
 
 def describe(catalogue: Any, hits: Sequence[Hit]) -> list[dict[str, Any]]:
