@@ -11,7 +11,10 @@ other (and a 12-hour embedding is never rebuilt over)::
       vectors/<model>-<runtime>[-<precision>]-<size>px-<level>-<catalogue id>/   vectors
       index/<name>/current -> v-<time>/          saved indexes, one immutable version each
 
-`find` lists the artifacts of a run by kind, newest first (what the apps load).
+The one artifact finder: `find` lists the finished artifacts of a run by kind from their
+manifests, newest first; `catalogues`, `stores` (single or sharded vector stores, so a Dask
+run's shards are found like a single store) and `indexes` build on it. The apps, 06 and
+the notebooks all find artifacts here; nothing walks folders for other files.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from typing import Any
 from helpers.catalogue.image_source import BsonImageSource, ImageSource
 from helpers.catalogue.protocol import Catalogue, ParquetCatalogue
 from helpers.core import artifacts
+from helpers.index.manifest import read_meta as read_index_meta
 from helpers.ingest import scan as cat
+from helpers.vectors import StoreReads, VectorStoreError, open_store
 from helpers.vectors.embed import embed_catalogue
 from helpers.vectors.store import VectorStore
 
@@ -103,3 +108,56 @@ class Workspace:
             if manifest is not None:
                 found.append((folder, manifest))
         return sorted(found, key=lambda fm: fm[1].get("created", ""), reverse=True)
+
+    def catalogues(self) -> list[tuple[Path, str | None]]:
+        """(folder, content fingerprint) of the run's finished catalogues, newest first."""
+        return [(artifacts.resolve_version(folder), manifest.get("fingerprint"))
+                for folder, manifest in self.find("catalogue")]
+
+    def stores(self, models: tuple[str, ...] = (), catalogue: str | None = None
+               ) -> list[StoreReads]:
+        """The run's finished vector stores, single or sharded, opened (memory-mapped):
+        product level first, then newest first.
+
+        models: prefixes of the model names wanted (any when empty). catalogue: a catalogue
+        fingerprint; a store made from another catalogue is left out (its ids would not be
+        this catalogue's products). A store that does not open is logged and left out."""
+        out = []
+        for folder, manifest in self.find("vectors"):
+            model = str(manifest.get("settings", {}).get("model", ""))
+            if models and not model.startswith(tuple(models)):
+                continue
+            made_from = manifest.get("inputs", {}).get("catalogue")
+            if catalogue and made_from and made_from != catalogue:
+                log.info("%s: vectors of another catalogue (%s, not %s), skipped",
+                         folder, made_from, catalogue)
+                continue
+            try:
+                out.append(open_store(folder))
+            except VectorStoreError as exc:
+                log.warning("%s: %s", folder, exc)
+        return sorted(out, key=lambda s: s.made_by.get("level", "product") != "product")
+
+    def indexes(self, method: str, store: StoreReads) -> list[Path]:
+        """Saved index folders of ``method`` built from ``store``, newest first: the vectors'
+        content id in the index's manifest, or (an index given plain metadata as its
+        source) the same model, size, level and catalogue in its meta.json."""
+        keys = ("model", "image_size", "level", "catalogue_sha256")
+        out = []
+        for folder, manifest in self.find("index"):
+            if manifest.get("settings", {}).get("method") != method:
+                continue
+            made_from = manifest.get("inputs", {}).get("vectors")
+            if made_from is not None:
+                if made_from == store.id:
+                    out.append(folder)
+                continue
+            try:
+                src = read_index_meta(folder).get("source") or {}
+            except Exception as exc:  # noqa: BLE001 - a damaged folder: not one to serve
+                log.warning("%s: %s", folder, exc)
+                continue
+            made_by = store.made_by
+            if all(src.get(k) == made_by.get(k) for k in keys if k in src and k in made_by):
+                out.append(folder)
+        return out

@@ -12,8 +12,9 @@ import pytest
 from apps.flask_app import create_app
 from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.core.errors import ServiceUnavailable
-from helpers.serve.loader import find_catalogues, load_artifacts
+from helpers.serve.loader import load_artifacts
 from helpers.serve.related import Related
+from helpers.workspace import Workspace
 
 
 def _start(starter):
@@ -65,7 +66,7 @@ def es_node():
 def test_products_from_mongodb(mongod, app_artifacts):
     from helpers.catalogue import mongo
 
-    parquet = ParquetCatalogue.open(find_catalogues(app_artifacts)[0][0])
+    parquet = ParquetCatalogue.open(Workspace(app_artifacts).catalogues()[0][0])
     mongo.load_catalogue(parquet, mongod.url)
     a = load_artifacts(app_artifacts, mongo_uri=mongod.url)
     assert type(a.catalogue).__name__ == "MongoCatalogue" and len(a.catalogue) == 150

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from helpers.catalogue.protocol import UnknownProductError
-from helpers.serve.loader import ArtifactMissing, find_catalogues, load_artifacts
+from helpers.serve.loader import ArtifactMissing, load_artifacts
 from helpers.serve.related import (
     NoVectorError,
     RecentlyViewed,
@@ -25,6 +25,7 @@ from helpers.serve.related import (
     parse_k,
     parse_product_id,
 )
+from helpers.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +100,12 @@ def test_missing_bson_is_one_clear_message(app_artifacts, tmp_path):
 
 def test_vectors_of_another_catalogue_are_skipped(tmp_path, app_artifacts, sample_bson,
                                                   sample_categories):
-    from helpers.ingest import scan as cat
 
     root = tmp_path / "art"
     shutil.copytree(app_artifacts, root, symlinks=True, ignore=shutil.ignore_patterns("catalogue"))
-    cat.build_catalogue(sample_bson, root / "catalogue", sample_categories, limit=40,
-                        progress=False)  # another catalogue than the vectors were made from
-    with pytest.raises(ArtifactMissing):
+    # another catalogue than the vectors were made from, where the run keeps catalogues
+    Workspace(root).catalogue(sample_bson, sample_categories, limit=40)
+    with pytest.raises(ArtifactMissing, match="no search method"):
         load_artifacts(root)
 
 
@@ -116,7 +116,7 @@ def test_serves_the_catalogue_the_vectors_were_made_from(tmp_path, app_artifacts
     root = tmp_path / "art"
     shutil.copytree(app_artifacts, root, symlinks=True)
     Workspace(root).catalogue(sample_bson, sample_categories, limit=40)  # newer, no vectors
-    assert len(find_catalogues(root)) == 2
+    assert len(Workspace(root).catalogues()) == 2
     a = load_artifacts(root)
     assert len(a.catalogue) == 150 and "faiss" in a.available()
     a.close()
@@ -321,7 +321,7 @@ def test_sample_bson_found_after_the_app_moved(tmp_path, app_artifacts):
 
     root = tmp_path / "art"
     shutil.copytree(app_artifacts, root, symlinks=True)
-    meta_path = find_catalogues(root)[0][0] / "catalogue.json"
+    meta_path = Workspace(root).catalogues()[0][0] / "catalogue.json"
     meta = json.loads(meta_path.read_text())
     meta["source"]["path"] = "/tmp/build_1234/data/sample/fashion_sample.bson"
     meta_path.write_text(json.dumps(meta))
@@ -352,7 +352,7 @@ def test_image_level_index(tmp_path, app_artifacts, sample_bson):
     root = tmp_path / "art"
     shutil.copytree(app_artifacts / "catalogue", root / "catalogue")
     ws = Workspace(root)
-    catalogue = ParquetCatalogue.open(find_catalogues(root)[0][0])
+    catalogue = ParquetCatalogue.open(Workspace(root).catalogues()[0][0])
     store = ws.vectors(catalogue, ws.images(sample_bson), load_extractor("mobilenet_v2", "onnx"),
                        image_size=180, level="image", progress=False)
     assert len(store) > len(catalogue)  # several pictures a product

@@ -345,13 +345,13 @@ def test_newer_store_of_another_model_does_not_hide_the_indexed_one(lite2_artifa
     lite2 = next(p.parent for p in lite2_artifacts.rglob("meta.json")
                  if str(json.loads(p.read_text()).get("made_by", {}).get("model", ""))
                  .startswith("efficientnet"))
-    shutil.copytree(lite2, root / "vectors-lite2")
+    shutil.copytree(lite2, root / "vectors" / "lite2-copy")
     # Claimed for this catalogue (only which store is chosen is tested), written last:
     # the newest store of the run.
-    meta = json.loads((root / "vectors-lite2" / "meta.json").read_text())
+    meta = json.loads((root / "vectors" / "lite2-copy" / "meta.json").read_text())
     meta["made_by"]["catalogue_sha256"] = fingerprint
-    (root / "vectors-lite2" / "meta.json").write_text(json.dumps(meta))
-    artifacts.write_manifest(root / "vectors-lite2", store_manifest(meta["made_by"]))
+    (root / "vectors" / "lite2-copy" / "meta.json").write_text(json.dumps(meta))
+    artifacts.write_manifest(root / "vectors" / "lite2-copy", store_manifest(meta["made_by"]))
     art = load_artifacts(root, methods=("faiss",))
     try:
         assert art.methods["faiss"].store.made_by["model"].startswith("mobilenet_v2")
@@ -362,7 +362,7 @@ def test_newer_store_of_another_model_does_not_hide_the_indexed_one(lite2_artifa
     from helpers.index import build_index
     from helpers.vectors.store import VectorStore
 
-    store = VectorStore(root / "vectors-lite2")
+    store = VectorStore(root / "vectors" / "lite2-copy")
     build_index("faiss", store.vectors, store.item_ids, np.zeros(len(store), np.int64),
                 factory="Flat", source=store.made_by).save(root / "index" / "faiss-lite2")
     art = load_artifacts(root, methods=("faiss",))

@@ -389,6 +389,7 @@ class ElasticsearchIndex:
             "manifest": index_manifest(self, self._meta.get("store")),
         }
         text = orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+        artifacts.write_manifest(d, meta["manifest"])  # what Workspace.find reads
         artifacts.atomic_write(d / META_FILE, lambda p: p.write_text(text + "\n"))
         return d
 

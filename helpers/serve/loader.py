@@ -13,9 +13,10 @@ model). Nothing is embedded. A missing artifact is one `ArtifactMissing` naming 
 that builds it; a search method whose artifact is missing is listed, with that command, in
 ``art.unavailable`` and the others still serve.
 
-Artifacts are found by what their ``meta.json`` says (model, settings, catalogue
-fingerprint), not by folder names, so runs with other settings or folder layouts load too;
-an index or vector store made from another catalogue is skipped, with the reason logged.
+Artifacts are found by their manifests, through the one finder (`helpers.workspace.
+Workspace`: catalogues, vector stores single or sharded, indexes), not by folder names, so a
+run with other settings or built on Dask loads the same way; an index or vector store made
+from another catalogue is skipped, with the reason logged. Imports every layer below it.
 Settings (arguments win over the environment): ``VPS_ARTIFACTS`` (the run's artifacts
 folder), ``VPS_BSON`` (the picture store, when the BSON file moved since the catalogue was
 built), ``VPS_MONGO_URI`` (products from MongoDB instead of the Parquet catalogue).
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from helpers.catalogue.image_source import BsonImageSource, ImageSource
 from helpers.catalogue.protocol import Catalogue, open_catalogue
 from helpers.core.paths import RUNS_DIR, SAMPLE_DIR
 from helpers.evaluate.method import Method
+from helpers.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ METHOD_LABELS = {
     "elasticsearch": "Elasticsearch",
 }
 METHOD_ORDER = tuple(METHOD_LABELS)
-SCAN_DEPTH = 4  # meta.json files deeper than this below the artifacts folder are ignored
 
 
 class ArtifactMissing(RuntimeError):
@@ -110,100 +110,12 @@ def _method(name: str, **kw: Any) -> Method:
 # -- finding artifacts ------------------------------------------------------------------------
 
 
-def _meta_files(root: Path, depth: int = SCAN_DEPTH) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """(folder, meta.json) of every artifact below root, newest first."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = Path(dirpath).relative_to(root)
-        if len(rel.parts) >= depth:
-            dirnames[:] = []
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # temp folders of writers
-        if "meta.json" in filenames:
-            path = Path(dirpath) / "meta.json"
-            try:
-                found.append((path.stat().st_mtime, Path(dirpath), json.loads(path.read_text())))
-            except (OSError, ValueError) as exc:
-                log.warning("skipping unreadable %s: %s", path, exc)
-    for _, folder, meta in sorted(found, key=lambda t: -t[0]):
-        if isinstance(meta, dict):
-            yield folder, meta
-
-
-def find_vector_stores(root: Path, model_prefix: str | tuple[str, ...],
-                       fingerprint: str | None = None) -> list[Path]:
-    """Finished vector stores of a model below root, product level first, newest first.
-
-    A store made from another catalogue (its ``catalogue_sha256`` differs from
-    ``fingerprint``) is skipped: its ids would not be this catalogue's products.
-    """
-    out = []
-    for folder, meta in _meta_files(root):
-        made = meta.get("made_by")
-        if not isinstance(made, dict) or not str(made.get("model", "")).startswith(model_prefix):
-            continue
-        if not meta.get("complete"):
-            log.warning("%s: unfinished vector store, skipped", folder)
-            continue
-        sha = made.get("catalogue_sha256")
-        if fingerprint and sha and sha != fingerprint:
-            log.warning("%s: vectors of another catalogue (%s, not %s), skipped",
-                        folder, sha, fingerprint)
-            continue
-        out.append((made.get("level", "product") != "product", folder))
-    return [f for _, f in sorted(out, key=lambda t: t[0])]  # stable: newest first per level
-
-
-def find_indexes(root: Path, method: str, made_by: dict[str, Any]) -> list[Path]:
-    """Saved index folders of ``method`` built from vectors made by ``made_by``."""
-    keys = ("model", "image_size", "level", "catalogue_sha256")
-    out = []
-    for folder, meta in _meta_files(root):
-        if meta.get("method") != method or "metric" not in meta:
-            continue
-        src = meta.get("source") or {}
-        diff = [k for k in keys if k in src and k in made_by and src[k] != made_by[k]]
-        if diff:
-            log.info("%s: built from other vectors (%s), skipped", folder, ", ".join(diff))
-            continue
-        parent = folder.parent
-        if (parent / "current").is_symlink():  # a versioned index: name/current -> v-<time>
-            if (parent / "current").resolve() != folder.resolve():
-                continue  # an older version, kept for readers still on it
-            folder = parent
-        out.append(folder)
-    return out
-
-
-def find_catalogues(root: Path) -> list[tuple[Path, str | None]]:
-    """(folder, fingerprint or None) of the run's catalogues, newest first: the Workspace's
-    (manifests), then any other folder below root holding catalogue.json + .parquet."""
-    out: list[tuple[Path, str | None]] = []
-    try:
-        from helpers.core.artifacts import resolve_version
-        from helpers.workspace import Workspace
-
-        for folder, manifest in Workspace(root).find("catalogue"):
-            out.append((resolve_version(folder), manifest.get("fingerprint")))
-    except Exception as exc:  # noqa: BLE001 - another layout: the scan below finds it
-        log.debug("Workspace.find('catalogue') not usable here: %s", exc)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if len(Path(dirpath).relative_to(root).parts) >= SCAN_DEPTH:
-            dirnames[:] = []
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if "catalogue.json" in filenames and "catalogue.parquet" in filenames:
-            found.append(((Path(dirpath) / "catalogue.json").stat().st_mtime, Path(dirpath)))
-    known = {f.resolve() for f, _ in out}
-    out += [(d, None) for _, d in sorted(found, reverse=True) if d.resolve() not in known]
-    return out
-
-
-def catalogue_dir(root: Path, fingerprints: set[str] | frozenset[str] = frozenset()) -> Path:
-    """The catalogue to serve: the newest one that vectors were made from (their
-    ``catalogue_sha256`` in ``fingerprints``), else the newest one."""
-    cands = find_catalogues(root)
+def catalogue_dir(ws: Workspace, fingerprints: set[str] | frozenset[str] = frozenset()) -> Path:
+    """The catalogue to serve: the newest one that vectors were made from (their catalogue
+    fingerprint in ``fingerprints``), else the newest one."""
+    cands = ws.catalogues()
     if not cands:
-        return root / "catalogue"
+        return ws.root / "catalogue"
     for folder, fp in cands:
         if fp and fp in fingerprints:
             return folder
@@ -225,13 +137,6 @@ def _bson_of(cat_dir: Path) -> Path | None:
         log.info("%s recorded %s, which is gone; using %s", meta_path, path, moved)
         return moved
     return path
-
-
-def _store_fingerprints(root: Path) -> set[str]:
-    """Catalogue fingerprints that the run's finished vector stores were made from."""
-    return {str(meta["made_by"]["catalogue_sha256"]) for _, meta in _meta_files(root)
-            if isinstance(meta.get("made_by"), dict) and meta.get("complete")
-            and meta["made_by"].get("catalogue_sha256")}
 
 
 def _open_mongo(mongo_uri: str) -> Catalogue:
@@ -258,7 +163,10 @@ def load_artifacts(work_dir: str | os.PathLike | None = None, *,
     if not root.is_dir():
         raise ArtifactMissing(f"no artifacts at {root}: build them with `{BUILD['catalogue']}`"
                               f", or point {ENV_WORK_DIR} at a run's artifacts folder")
-    cat_dir = catalogue_dir(root, _store_fingerprints(root))
+    ws = Workspace(root)
+    # The catalogue that the run's vectors were made from (their manifests' input).
+    made_from = {m.get("inputs", {}).get("catalogue") for _, m in ws.find("vectors")}
+    cat_dir = catalogue_dir(ws, {fp for fp in made_from if fp})
     has_parquet = (cat_dir / "catalogue.json").is_file()
     if mongo_uri:
         catalogue = _open_mongo(mongo_uri)
@@ -278,12 +186,12 @@ def load_artifacts(work_dir: str | os.PathLike | None = None, *,
                               f"{ENV_BSON} to its path, or rebuild with `{BUILD['catalogue']}`")
     art = Artifacts(root, catalogue, BsonImageSource(bson), bson_path=bson)
     fingerprint = catalogue.fingerprint
-    features = _open_features(root, fingerprint, methods)
+    features = _open_features(ws, fingerprint, methods)
     for name in methods:
         if name == "style":
-            art.methods[name] = _style_method(root, catalogue, fingerprint)
+            art.methods[name] = _style_method(ws, catalogue, fingerprint)
         else:
-            art.methods[name] = _index_method(root, name, features)
+            art.methods[name] = _index_method(ws, name, features)
     for name, why in art.unavailable.items():
         log.info("method %s unavailable: %s", name, why)
     if not art.available():
@@ -294,35 +202,16 @@ def load_artifacts(work_dir: str | os.PathLike | None = None, *,
     return art
 
 
-def _open_store(root: Path, model_prefix: str, fingerprint: str) -> Any:
-    from helpers.vectors.store import VectorStore, VectorStoreError
-
-    for folder in find_vector_stores(root, model_prefix, fingerprint):
-        try:
-            return VectorStore(folder)
-        except VectorStoreError as exc:
-            log.warning("%s: %s", folder, exc)
-    return None
-
-
-def _open_features(root: Path, fingerprint: str, methods: tuple[str, ...]) -> Any:
-    """The feature vectors to serve: of the stores of any of FEATURE_MODELS (product level
-    first, newest first), the first that an index of ``methods`` was built from, else the
-    first (a newer store of another model does not hide the one the indexes were built on).
-    """
-    from helpers.vectors.store import VectorStore, VectorStoreError
-
-    first = None
-    for folder in find_vector_stores(root, FEATURE_MODELS, fingerprint):
-        try:
-            store = VectorStore(folder)
-        except VectorStoreError as exc:
-            log.warning("%s: %s", folder, exc)
-            continue
-        if any(find_indexes(root, m, store.made_by) for m in methods if m != "style"):
+def _open_features(ws: Workspace, fingerprint: str, methods: tuple[str, ...]) -> Any:
+    """The feature vectors to serve, single or sharded: of the stores of any of
+    FEATURE_MODELS (product level first, newest first), the first that an index of
+    ``methods`` was built from, else the first (a newer store of another model does not
+    hide the one the indexes were built on)."""
+    stores = ws.stores(FEATURE_MODELS, catalogue=fingerprint)
+    for store in stores:
+        if any(ws.indexes(m, store) for m in methods if m != "style"):
             return store
-        first = first or store
-    return first
+    return stores[0] if stores else None
 
 
 def _can_embed(store: Any) -> bool:
@@ -337,8 +226,8 @@ def _can_embed(store: Any) -> bool:
     return True
 
 
-def _style_method(root: Path, catalogue: Catalogue, fingerprint: str) -> Method:
-    store = _open_store(root, STYLE_MODEL, fingerprint)
+def _style_method(ws: Workspace, catalogue: Catalogue, fingerprint: str) -> Method:
+    store = next(iter(ws.stores((STYLE_MODEL,), catalogue=fingerprint)), None)
     if store is None or len(store) == 0:
         return _method("style", reason=f"no VGG16 style vectors: build them with "
                                        f"`{BUILD['style']}`")
@@ -351,7 +240,7 @@ def _style_method(root: Path, catalogue: Catalogue, fingerprint: str) -> Method:
     return _method("style", index=index, store=store, upload=False)
 
 
-def _index_method(root: Path, name: str, features: Any) -> Method:
+def _index_method(ws: Workspace, name: str, features: Any) -> Method:
     from helpers.index import METHODS, load_index
 
     try:
@@ -364,7 +253,7 @@ def _index_method(root: Path, name: str, features: Any) -> Method:
     if features is None:
         return _method(name, reason=f"no MobileNetV2 or EfficientNet-Lite2 vectors: build "
                                     f"them with `{BUILD['vectors']}`")
-    folders = find_indexes(root, name, features.made_by)
+    folders = ws.indexes(name, features)
     if not folders:
         return _method(name, reason=f"no {name} index: build it with `{BUILD.get(name, '')}`")
     errors = []
@@ -406,8 +295,6 @@ def build_serving_artifacts(work_dir: str | os.PathLike, bson_path: str | os.Pat
     """
     from helpers.index import build_index
     from helpers.models import load_extractor
-    from helpers.workspace import Workspace
-
     ws = Workspace(work_dir)
     catalogue = ws.catalogue(bson_path, categories_path, limit=limit)
     images = ws.images(bson_path)
@@ -418,7 +305,7 @@ def build_serving_artifacts(work_dir: str | os.PathLike, bson_path: str | os.Pat
     for name, method, params in (("faiss-" + factory.replace(",", "_"), "faiss",
                                   {"factory": factory}),
                                  (f"annoy-{n_trees}", "annoy", {"n_trees": n_trees})):
-        if not find_indexes(ws.root, method, store.made_by):
+        if not ws.indexes(method, store):
             build_index(method, store.vectors, store.item_ids, cats, source=store.made_by,
                         **params).save(ws.index_dir(name))
     if style:
