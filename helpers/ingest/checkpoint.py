@@ -13,7 +13,7 @@ Everything lives under ``out_dir/_work`` until the pass finishes:
 ``helpers.scale.distributed``, per range). Every JSON file is written with
 ``artifacts.write_json`` (atomic and fsynced: a kill never leaves half a checkpoint).
 Imports pandas/pyarrow, tqdm, `helpers.core.artifacts` and the ingest rooms below it
-(bson_store, categories, errors, products, schema).
+(bson_store, categories, errors, jpeg, products, schema); never `helpers.ingest.scan`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # tests lower it to split small files
 
 
 def plan_run(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
-          resume: bool) -> dict:
+             resume: bool) -> dict:
     """The byte ranges of this run: an interrupted run's plan, or a new one."""
     path = work / "plan.json"
     plan = artifacts.read_json(path) if resume and path.exists() else None
@@ -80,9 +80,9 @@ def plan_run(work: Path, bson_path: Path, source: dict, params: dict, workers: i
 
 
 def scan_range(bson_path: str, work: str, start: int, end: int, limit: int | None,
-                categories: str | None, verify: str, checkpoint_every: int,
-                stop_after: int | None, progress: bool, position: int,
-                max_doc: int = MAX_DOC, max_side: int = MAX_SIDE) -> dict:
+               categories: str | None, verify: str, checkpoint_every: int,
+               stop_after: int | None, progress: bool, position: int,
+               max_doc: int = MAX_DOC, max_side: int = MAX_SIDE) -> dict:
     """Scan the documents starting in ``[start, end)`` into part files under ``work``,
     checkpointing; resumes from ``work/checkpoint.json``. Returns the range's state."""
     work_dir = Path(work)

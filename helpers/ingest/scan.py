@@ -14,12 +14,13 @@ a killed run called again resumes there and ends with the same catalogue.
 
 Holds `build_catalogue` (one process per byte range, then the ranges joined: duplicate
 ids, first wins, and the category names), its parameters and summary, and the readers
-of what it wrote (`load_catalogue`, `load_meta`, `load_rejects`). The rooms it is built
-from, each re-exported here: `helpers.ingest.errors`, `helpers.ingest.categories`,
+of what it wrote (`load_catalogue`, `load_meta`, `load_rejects`). It is built from
 `helpers.ingest.products` (per-document checks, reject reasons), `helpers.ingest.checkpoint`
-(plan, ranges scanned resumably into part files) and `helpers.ingest.export` (JPEGs).
-Imports pandas/pyarrow, `helpers.core.artifacts` and those rooms; nothing in
-helpers.ingest imports it.
+(plan, ranges scanned resumably into part files), `helpers.ingest.categories`,
+`helpers.ingest.export` (JPEGs) and `helpers.ingest.errors`; the public names of all but
+checkpoint are re-exported here (``__all__``).
+Imports pandas, `helpers.core.artifacts`, those rooms and bson_store, jpeg, schema;
+nothing in helpers.ingest imports it.
 """
 
 from __future__ import annotations
