@@ -7,7 +7,7 @@ One fuzz input drives one of three targets, picked by its first byte:
   end, and three chunk sizes must give the same slots;
 - ``product``: the rest becomes one document (decoded as BSON, or built field by
   field from the bytes, so mutations reach every branch), checked by
-  ``catalogue._check_product`` in both modes, then turned into the Arrow table and
+  ``helpers.ingest.products.check_product`` in both modes, then turned into the Arrow table and
   the rejects frame the catalogue writes: nothing but a row or counted rejects;
 - ``image``: the rest is a picture: ``check_jpeg_bytes``, ``jpeg_size`` and
   ``decode_image`` may only answer or raise ``ImageError``.
@@ -59,6 +59,7 @@ def _instrumented_imports() -> None:
 
         import helpers.ingest.bson_store  # noqa: F401
         import helpers.ingest.jpeg  # noqa: F401
+        import helpers.ingest.products  # noqa: F401
         import helpers.ingest.scan  # noqa: F401
 
 
@@ -163,8 +164,7 @@ def fuzz_product(data: bytes) -> None:
     import pandas as pd
     import pyarrow as pa
 
-    from helpers.ingest import bson_store
-    from helpers.ingest import scan as cat
+    from helpers.ingest import bson_store, products
 
     if data[:1] == b"\x00":
         try:
@@ -177,18 +177,18 @@ def fuzz_product(data: bytes) -> None:
     rejects = []
     for verify in ("magic", "decode"):
         for known in (None, KNOWN_CATEGORIES):
-            part = cat._Part()
-            cat._check_product(rec, part, known, verify, FUZZ_MAX_SIDE)
+            part = products.Part()
+            products.check_product(rec, part, known, verify, FUZZ_MAX_SIDE)
             rows = len(part.cols["product_id"])
             assert rows in (0, 1)
-            products = [r for r in part.rejects if r[0] != "image"]
-            assert rows + len(products) == 1, (rows, part.rejects)  # kept xor rejected
+            refused = [r for r in part.rejects if r[0] != "image"]
+            assert rows + len(refused) == 1, (rows, part.rejects)  # kept xor rejected
             for r in part.rejects:
                 assert r[5] and isinstance(r[6], str) and len(r[6]) < 1000, r
-            pa.table(part.cols, schema=cat.SCHEMA)  # what _flush writes
+            pa.table(part.cols, schema=products.SCHEMA)  # what checkpoint._flush writes
             rejects += part.rejects
-    if rejects:  # the rejects part file, as _flush writes it (one frame: pandas is slow)
-        pa.Table.from_pandas(pd.DataFrame(rejects, columns=cat.REJECT_COLUMNS))
+    if rejects:  # the rejects part file, as checkpoint._flush writes it (one frame: pandas is slow)
+        pa.Table.from_pandas(pd.DataFrame(rejects, columns=products.REJECT_COLUMNS))
 
 
 def fuzz_image(data: bytes) -> None:

@@ -14,8 +14,8 @@ from bson.int64 import Int64
 from PIL import Image
 
 from helpers.catalogue.protocol import ParquetCatalogue
-from helpers.core import ids
-from helpers.ingest import bson_store
+from helpers.core import artifacts, ids
+from helpers.ingest import bson_store, checkpoint
 from helpers.ingest import scan as cat
 from helpers.vectors.embed import embed_catalogue
 
@@ -305,19 +305,22 @@ def test_resume_after_crash_between_part_and_checkpoint(
     path, _ = broken
     cat.build_catalogue(path, tmp_path / "full", real_categories, progress=False)
     out = tmp_path / "crashed"
-    real_write = cat._write_json
+    real_write = artifacts.write_json
     calls = {"n": 0}
 
     def dying_write(p, obj):
         calls["n"] += 1
-        if calls["n"] == 3:  # initial checkpoint, first part, then die
+        if calls["n"] == 3:  # plan.json, the first checkpoint, then die at the part's
             raise KeyboardInterrupt
         real_write(p, obj)
 
-    monkeypatch.setattr(cat, "_write_json", dying_write)
+    monkeypatch.setattr(artifacts, "write_json", dying_write)
     with pytest.raises(KeyboardInterrupt):
         cat.build_catalogue(path, out, real_categories, progress=False, checkpoint_every=5)
-    monkeypatch.setattr(cat, "_write_json", real_write)
+    rng = out / cat.WORK / "range-00"  # the part is on disk, its checkpoint not
+    assert (rng / "part-00000.parquet").exists()
+    assert artifacts.read_json(rng / "checkpoint.json")["parts"] == 0
+    monkeypatch.setattr(artifacts, "write_json", real_write)
     cat.build_catalogue(path, out, real_categories, progress=False, checkpoint_every=5)
     for a, b in zip(_artifacts(tmp_path / "full"), _artifacts(out), strict=True):
         pd.testing.assert_frame_equal(a, b)
@@ -382,7 +385,7 @@ def test_partitions_cover_every_record_once(broken, parts):
 
 @pytest.fixture
 def split_small_files(monkeypatch):
-    monkeypatch.setattr(cat, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(checkpoint, "PARALLEL_MIN_BYTES", 0)
 
 
 def test_workers_give_the_same_catalogue(broken, real_categories, tmp_path,

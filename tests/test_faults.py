@@ -62,6 +62,7 @@ CHILD = textwrap.dedent('''
     import json, os, signal, sys, threading, time
     import numpy as np
     from helpers.catalogue.protocol import ParquetCatalogue
+    from helpers.ingest import checkpoint
     from helpers.ingest import scan as cat
     from helpers.vectors.embed import embed_catalogue
     {tiny}
@@ -76,7 +77,7 @@ CHILD = textwrap.dedent('''
         t.start()
     t0 = time.perf_counter()
     if job == "catalogue":
-        cat.PARALLEL_MIN_BYTES = 0  # let small files be cut into ranges
+        checkpoint.PARALLEL_MIN_BYTES = 0  # let small files be cut into ranges
         cat.build_catalogue(args["bson"], args["out"], None, progress=False,
                             workers=args["workers"], checkpoint_every=args["every"],
                             verify_images="decode")

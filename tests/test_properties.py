@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON
-from helpers.ingest import bson_store
+from helpers.ingest import bson_store, checkpoint
 from helpers.ingest import jpeg as images
 from helpers.ingest import scan as cat
 
@@ -204,7 +204,7 @@ def test_catalogue_counts_every_product_the_same_way(tmp_path_factory, steps, n_
             assert store.read(row.offset, row.length)["_id"] == row.product_id
     # the same catalogue with worker processes and another checkpoint interval
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cat, "PARALLEL_MIN_BYTES", 0)
+        mp.setattr(checkpoint, "PARALLEL_MIN_BYTES", 0)
         _, df2, rej2 = _build(path, tmp / "par", workers=workers, checkpoint_every=every)
     pd.testing.assert_frame_equal(df, df2)
     pd.testing.assert_frame_equal(rej, rej2)

@@ -1,34 +1,42 @@
-"""Stream a Cdiscount BSON dump and read products back by byte offset.
+"""Stream a Cdiscount BSON dump: every document with its byte offset, damage named and skipped.
 
-The BSON file is the image store: a product's JPEGs are read back with one
-``pread`` at the offset recorded in the catalogue, so nothing is extracted to
-disk. Streaming keeps memory constant whatever the file size (58 GB for
-``train.bson``): the file is read in fixed-size chunks and each document is
-decoded on its own, so a damaged document costs only itself.
+The BSON file is the image store: the catalogue records each product's offset and a
+product is read back with one ``pread`` (`helpers.ingest.image_store`), so nothing is
+extracted to disk. Streaming keeps memory constant whatever the file size (58 GB for
+``train.bson``): the file is read in fixed-size chunks and each document is decoded on its
+own, so a damaged document costs only itself. `iter_records` is a fast path over
+well-framed documents plus a careful step that refills, or names the damage and resyncs.
+
+Holds the reader, `check_is_bson` and `skip_documents`; re-exports the framing constants
+(`helpers.ingest.framing`), the byte ranges (`helpers.ingest.ranges`) and `BsonImageStore`
+(`helpers.ingest.image_store`), so ``bson_store.X`` keeps working for all of them.
+Imports the stdlib, ``bson`` and those three modules.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import bson
-from bson.errors import BSONError
 
-# BSON documents are at most 16 MiB (MongoDB's limit); the smallest is 5 bytes ("{}").
-# MAX_DOC is the default of ``max_doc``: a slot whose length prefix claims more is
-# refused without being read (a bad prefix must not make the reader allocate 2 GB).
-MIN_DOC = 5
-MAX_DOC = 16 * 1024 * 1024
-CHUNK = 8 * 1024 * 1024
-_INT32 = struct.Struct("<i")
-# mongodump writes `_id` first, so a document starts 5 bytes before "_id\0"
-# (4 length bytes + 1 type byte): the anchor used to resynchronise after garbage.
-_ID_KEY = b"_id\x00"
+from helpers.ingest.framing import (
+    CHUNK,
+    DECODE_ERRORS,
+    ID_KEY,
+    INT32,
+    MAX_DOC,
+    MIN_DOC,
+    chain_ok,
+)
+from helpers.ingest.image_store import BsonImageStore
+from helpers.ingest.ranges import find_document_start, partition_offsets
 
+__all__ = ["CHUNK", "MAX_DOC", "MIN_DOC", "TOO_LARGE", "TRUNCATED", "BsonImageStore",
+           "NotBSONError", "Record", "check_is_bson", "find_document_start", "iter_records",
+           "partition_offsets", "skip_documents"]
 
 _fadvise = getattr(os, "posix_fadvise", None)  # absent on macOS/Windows
 
@@ -118,7 +126,7 @@ def iter_records(
         raise ValueError(f"max_doc must be >= {MIN_DOC}, not {max_doc}")
     size = Path(path).stat().st_size
     end = size if end is None else min(end, size)
-    unpack, dec = _INT32.unpack_from, bson.decode
+    unpack, dec = INT32.unpack_from, bson.decode
     fd = os.open(path, os.O_RDONLY)
     try:
         w = _Window(fd, start, chunk_size)
@@ -134,12 +142,12 @@ def iter_records(
                     break
                 # The next document's `_id` key right after this one, or the file's end;
                 # else the careful step looks for a document this frame runs into.
-                if nxt != eof and not starts(_ID_KEY, nxt + 5):
+                if nxt != eof and not starts(ID_KEY, nxt + 5):
                     break
                 if decode:
                     try:
                         doc = dec(buf[pos:nxt])
-                    except _DECODE_ERRORS:
+                    except DECODE_ERRORS:
                         break
                     yield Record(base + pos, length, doc)
                 else:
@@ -151,11 +159,6 @@ def iter_records(
             yield from _careful_step(w, decode, size, max_doc)
     finally:
         os.close(fd)
-
-
-# What bson.decode raises on bad bytes (InvalidBSON and friends; a bad UTF-8 key is a
-# ValueError, a datetime out of range an OverflowError).
-_DECODE_ERRORS = (BSONError, ValueError, OverflowError)
 
 
 def _careful_step(w: _Window, decode: bool, size: int, max_doc: int) -> Iterator[Record]:
@@ -170,7 +173,7 @@ def _careful_step(w: _Window, decode: bool, size: int, max_doc: int) -> Iterator
         elif w.eof:
             w.pos = len(w.buf)
         return
-    (length,) = _INT32.unpack_from(w.buf, w.pos)
+    (length,) = INT32.unpack_from(w.buf, w.pos)
     if length > max_doc and _looks_like_document(w):
         yield _too_large(w, length, size, max_doc)
         return
@@ -184,7 +187,7 @@ def _careful_step(w: _Window, decode: bool, size: int, max_doc: int) -> Iterator
     if err is None:
         try:
             doc = bson.decode(w.buf[w.pos : w.pos + length]) if decode else None
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             err = f"undecodable document: {exc}"
         else:
             inner = _inner_start(w, length, size, max_doc)
@@ -223,23 +226,23 @@ def _inner_start(w: _Window, length: int, size: int, max_doc: int) -> int | None
         return None
     w.fill(length + 9)
     p = w.pos
-    if w.buf.startswith(_ID_KEY, p + length + 5):
+    if w.buf.startswith(ID_KEY, p + length + 5):
         return None
     buf = w.buf
-    hit = buf.find(_ID_KEY, p + 6, min(p + length + 8, len(buf)))
+    hit = buf.find(ID_KEY, p + 6, min(p + length + 8, len(buf)))
     while hit >= 0:
         cand = hit - 5
-        (n,) = _INT32.unpack_from(buf, cand)
+        (n,) = INT32.unpack_from(buf, cand)
         if MIN_DOC <= n <= max_doc and w.base + cand + n <= size and _end_is_nul(w, cand, n):
             raw = buf[cand:cand + n] if cand + n <= len(buf) else \
                 os.pread(w.fd, n, w.base + cand)
             try:
                 bson.decode(raw)
-            except _DECODE_ERRORS:
+            except DECODE_ERRORS:
                 pass
             else:
                 return cand - p
-        hit = buf.find(_ID_KEY, hit + 1, min(p + length + 8, len(buf)))
+        hit = buf.find(ID_KEY, hit + 1, min(p + length + 8, len(buf)))
     return None
 
 
@@ -263,7 +266,7 @@ def _too_large(w: _Window, length: int, size: int, max_doc: int) -> Record:
     claim = f"{TOO_LARGE}: claims {length:,} bytes, over the limit of {max_doc:,}"
     end = off + length
     if end <= size and os.pread(w.fd, 1, end - 1) == b"\x00" and \
-            _chain_ok(w.fd, end, size, 2, max_doc):
+            chain_ok(w.fd, end, size, 2, max_doc):
         w.buf, w.base, w.pos, w.eof = b"", end, 0, end >= size
         return Record(off, length, error=f"{claim}; skipped it")
     skipped = _resync(w, max_doc)
@@ -275,7 +278,7 @@ def _resync(w: _Window, max_doc: int = MAX_DOC) -> int:
     start = w.offset
     scan = w.pos + 1
     while True:
-        hit = w.buf.find(_ID_KEY, max(scan, w.pos + 5))
+        hit = w.buf.find(ID_KEY, max(scan, w.pos + 5))
         if hit < 0:
             if w.eof:
                 w.pos = len(w.buf)
@@ -290,14 +293,14 @@ def _resync(w: _Window, max_doc: int = MAX_DOC) -> int:
         rel = cand - w.pos
         w.fill(rel + 4)
         cand = w.pos + rel
-        (length,) = _INT32.unpack_from(w.buf, cand)
+        (length,) = INT32.unpack_from(w.buf, cand)
         if MIN_DOC <= length <= max_doc and _end_is_nul(w, cand, length):
             w.fill(rel + length)
             cand = w.pos + rel
             if len(w.buf) - cand >= length and _doc_error(w.buf, cand, length, max_doc) is None:
                 try:
                     bson.decode(w.buf[cand : cand + length])
-                except _DECODE_ERRORS:
+                except DECODE_ERRORS:
                     pass
                 else:
                     w.pos = cand
@@ -344,102 +347,3 @@ def skip_documents(path: str | os.PathLike, n: int, start: int = 0,
             return rec.offset
         pos = rec.offset + rec.length
     return pos
-
-
-def _chain_ok(fd: int, pos: int, size: int, links: int, max_doc: int = MAX_DOC) -> bool:
-    """True if ``links`` well-framed, decodable documents follow each other from ``pos``
-    (or the file ends cleanly after fewer)."""
-    for _ in range(links):
-        if pos == size:
-            return True
-        head = os.pread(fd, 4, pos)
-        if len(head) < 4:
-            return False
-        (length,) = _INT32.unpack(head)
-        if length < MIN_DOC or length > max_doc or pos + length > size:
-            return False
-        raw = os.pread(fd, length, pos)
-        if raw[-1] != 0:
-            return False
-        try:
-            bson.decode(raw)
-        except _DECODE_ERRORS:
-            return False
-        pos += length
-    return True
-
-
-def find_document_start(path: str | os.PathLike, offset: int, links: int = 3,
-                        max_doc: int = MAX_DOC) -> int:
-    """The first document start at or after byte ``offset`` (the file size if none).
-
-    A start must be followed by a chain of ``links`` valid documents, so a stray
-    ``_id`` inside a JPEG is not taken for one. Used to split a file into
-    partitions that workers (processes, Dask tasks) scan independently.
-    """
-    size = Path(path).stat().st_size
-    if offset <= 0:
-        return 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        pos = offset
-        while pos < size:
-            buf = os.pread(fd, CHUNK, pos)
-            hit = buf.find(_ID_KEY)
-            while hit >= 0:
-                cand = pos + hit - 5
-                if cand >= offset and _chain_ok(fd, cand, size, links, max_doc):
-                    return cand
-                hit = buf.find(_ID_KEY, hit + 1)
-            if len(buf) < CHUNK:
-                break
-            pos += len(buf) - len(_ID_KEY)  # an anchor may straddle the chunk edge
-        return size
-    finally:
-        os.close(fd)
-
-
-def partition_offsets(path: str | os.PathLike, parts: int, max_doc: int = MAX_DOC) -> list[int]:
-    """Document-aligned offsets ``[0, ..., size]`` cutting the file into ``parts`` ranges
-    of about equal size; range ``i`` holds the documents starting in
-    ``[offsets[i], offsets[i + 1])``."""
-    size = Path(path).stat().st_size
-    cuts = [find_document_start(path, size * i // parts, max_doc=max_doc)
-            for i in range(1, parts)]
-    return sorted({0, *cuts, size})
-
-
-class BsonImageStore:
-    """Random access to products in a BSON file by ``(offset, length)``.
-
-    Uses ``os.pread`` on one open descriptor: no shared file position, so it is
-    safe to call from several threads at once (the embedding pipeline does).
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDONLY)
-
-    def read(self, offset: int, length: int) -> dict:
-        raw = os.pread(self._fd, length, offset)
-        if len(raw) != length:
-            raise ValueError(f"{self.path}: cannot read {length} bytes at offset {offset}")
-        return bson.decode(raw)
-
-    def pictures(self, offset: int, length: int) -> list[bytes]:
-        """The JPEG bytes of every image of the product stored at ``offset``."""
-        return [img["picture"] for img in self.read(offset, length).get("imgs", [])]
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> BsonImageStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()

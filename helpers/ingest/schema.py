@@ -1,9 +1,9 @@
-"""What a catalogue file is made of: its content fingerprint (which products, from where)
-and the usable pictures of each row (``n_images`` counts every picture of the document,
-``bad_images`` lists the indexes left out).
+"""What a catalogue file is made of: its format version, its content fingerprint (which
+products, from where) and the usable pictures of each row (``n_images`` counts every
+picture of the document, ``bad_images`` lists the indexes left out).
 
-The scan (helpers.ingest.scan) writes it into the catalogue's manifest; the Catalogue
-readers (helpers.catalogue) and the vector stores compare it. Imports numpy and pandas only.
+The scan (helpers.ingest.scan) writes them into the catalogue's manifest; the Catalogue
+readers (helpers.catalogue) and the vector stores compare them. Imports numpy and pandas only.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+
+# 2: n_images counts every picture of the document (1 counted the good ones only, while
+# bad_images held document indexes: a good picture after a bad one was lost).
+FORMAT_VERSION = 2
 
 
 def catalogue_fingerprint(catalogue: pd.DataFrame) -> str:

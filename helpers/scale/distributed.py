@@ -13,8 +13,8 @@ about ``PARTITION_BYTES`` each: ~110 for the 58 GB train.bson). Each range is on
 task that writes its own shard:
 
 - catalogue: ``_work/range-NNN/`` part files (rows, rejects) and a checkpoint, written by
-  the same ``catalogue._scan_range`` the single-machine build runs; a final step
-  (``catalogue._finalize``) merges them into the usual ``catalogue.parquet``,
+  the same ``helpers.ingest.checkpoint.scan_range`` the single-machine build runs; a final
+  step (``helpers.ingest.scan._finalize``) merges them into the usual ``catalogue.parquet``,
   ``rejects.csv`` and ``catalogue.json``, so every later step (and ``build_catalogue``'s
   "reuse a finished catalogue") works unchanged;
 - vectors: ``shards/part-NNNNN/``, a ``helpers.vectors.store`` store of the catalogue rows whose
@@ -56,7 +56,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from helpers.catalogue.protocol import ParquetCatalogue
-from helpers.ingest import bson_store
+from helpers.core import artifacts
+from helpers.ingest import bson_store, checkpoint
 from helpers.ingest import scan as cat
 from helpers.vectors.embed import catalogue_fingerprint
 from helpers.vectors.embed import embed_catalogue as embed_rows
@@ -186,7 +187,7 @@ def build_catalogue(
     with dask_client(scheduler, workers, memory_limit, processes, report) as client:
         states = _run(client, _scan_task, jobs, "catalogue-range", progress)
     plan["seconds"] += time.perf_counter() - t0
-    cat._write_json(work / PLAN, plan)
+    artifacts.write_json(work / PLAN, plan)
     if not all(st["done"] for st in states):
         return cat.CatalogueSummary(source=str(bson_path),
                                     documents=sum(st["documents"] for st in states))
@@ -195,7 +196,8 @@ def build_catalogue(
 
 def _catalogue_plan(work: Path, bson_path: Path, source: dict, params: dict, parts: int,
                     resume: bool) -> dict:
-    """An interrupted run's ranges, or new ones; ``catalogue._plan``'s file format."""
+    """An interrupted run's ranges, or new ones; the file format of
+    ``helpers.ingest.checkpoint.plan_run``."""
     path = work / PLAN
     plan = json.loads(path.read_text()) if resume and path.exists() else None
     if plan is not None and plan.get("format_version", 1) != cat.FORMAT_VERSION:
@@ -212,7 +214,7 @@ def _catalogue_plan(work: Path, bson_path: Path, source: dict, params: dict, par
     plan = {"source": source, "params": params, "seconds": 0.0,
             "format_version": cat.FORMAT_VERSION,
             "ranges": [[a, b] for a, b in zip(offsets, offsets[1:], strict=False)] or [[0, 0]]}
-    cat._write_json(path, plan)
+    artifacts.write_json(path, plan)
     return plan
 
 
@@ -221,13 +223,13 @@ def _scan_task(bson_path: str, work: str, start: int, end: int, categories: str 
                crash_after: int | None, crash_marker: str) -> dict:
     """One range on a worker: the single-machine scan, resumable from its checkpoint."""
     if crash_after is not None and not Path(crash_marker).exists():
-        state = cat._scan_range(bson_path, work, start, end, None, categories, verify,
-                                checkpoint_every, crash_after, False, position)
+        state = checkpoint.scan_range(bson_path, work, start, end, None, categories, verify,
+                                       checkpoint_every, crash_after, False, position)
         if not state["done"]:
             Path(crash_marker).touch()
             os._exit(1)  # a killed worker: the nanny restarts it, Dask reruns the task
-    return cat._scan_range(bson_path, work, start, end, None, categories, verify,
-                           checkpoint_every, stop_after, False, position)
+    return checkpoint.scan_range(bson_path, work, start, end, None, categories, verify,
+                                 checkpoint_every, stop_after, False, position)
 
 
 # ---------------------------------------------------------------- embedding
@@ -345,7 +347,7 @@ def _embed_plan(out_dir: Path, settings: dict, report: Report) -> None:
                "embedding again")
     (out_dir / MANIFEST).unlink(missing_ok=True)  # rewritten when every shard is done
     out_dir.mkdir(parents=True, exist_ok=True)
-    cat._write_json(path, settings)
+    artifacts.write_json(path, settings)
 
 
 def _embed_task(catalogue_path: str, bson_path: str, factory: Callable[[], Any],
