@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -29,11 +30,13 @@ import shutil
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 MANIFEST = "manifest.json"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -43,6 +46,30 @@ def is_disk_full(exc: OSError) -> bool:
     """A write that failed for lack of space (or a file-size limit). pyarrow's OSErrors
     carry the reason in their message, not in errno, so both are checked."""
     return exc.errno in DISK_FULL or any(os.strerror(e) in str(exc) for e in DISK_FULL)
+
+
+def disk_full_is_one_error(error: type[Exception], what: str, out_arg: int,
+                           resumes: str) -> Callable[[F], F]:
+    """Decorator: a disk filling up inside a build becomes one ``error`` that names the
+    folder (the ``out_dir`` keyword, or positional argument ``out_arg``) and says the run
+    resumes, instead of an ``OSError`` from deep in a library. Every checkpoint is written
+    atomically, so the last one stays usable."""
+
+    def decorate(build: F) -> F:
+        @functools.wraps(build)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return build(*args, **kwargs)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                out = kwargs.get("out_dir", args[out_arg] if len(args) > out_arg else "out_dir")
+                raise error(f"cannot write {what} in {out}: {exc.strerror or exc}. Free some "
+                            f"space and call {build.__name__} again: {resumes}") from exc
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 class ArtifactError(ValueError):

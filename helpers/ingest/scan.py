@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import os
 import shutil
 import signal
@@ -149,28 +148,8 @@ def catalogue_settings(bson_path: str | os.PathLike, categories: str | os.PathLi
 # A full disk (or quota, or file size limit) while writing.
 
 
-def _disk_full_is_one_error(build):
-    """A disk filling up mid-build becomes one ``CatalogueError`` that names the folder
-    and says the run resumes, instead of an ``OSError`` from deep in pyarrow. Every
-    checkpoint is written atomically, so the last one stays usable."""
-
-    @functools.wraps(build)
-    def wrapper(*args, **kwargs):
-        try:
-            return build(*args, **kwargs)
-        except OSError as exc:
-            if not artifacts.is_disk_full(exc):
-                raise
-            out_dir = kwargs.get("out_dir", args[1] if len(args) > 1 else "out_dir")
-            raise CatalogueError(
-                f"cannot write the catalogue in {out_dir}: {exc.strerror or exc}. Free some "
-                "space and call build_catalogue again: it resumes from its last checkpoint"
-            ) from exc
-
-    return wrapper
-
-
-@_disk_full_is_one_error
+@artifacts.disk_full_is_one_error(CatalogueError, "the catalogue", 1,
+                                  "it resumes from its last checkpoint")
 def build_catalogue(
     bson_path: str | os.PathLike,
     out_dir: str | os.PathLike,

@@ -12,7 +12,6 @@ A picture that fails to decode is skipped, counted, and written to the store's
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import os
@@ -180,28 +179,8 @@ def _prefetch(it: Iterator[_Batch], depth: int = 2) -> Iterator[_Batch]:
 # A full disk (or quota, or file size limit) while writing the store.
 
 
-def _disk_full_is_one_error(embed):
-    """A disk filling up mid-embedding becomes one ``VectorStoreError`` that names the
-    store and says the run resumes: ``meta.json`` is written last and atomically, so
-    the store stays usable up to its last whole batch."""
-
-    @functools.wraps(embed)
-    def wrapper(*args, **kwargs):
-        try:
-            return embed(*args, **kwargs)
-        except OSError as exc:
-            if not artifacts.is_disk_full(exc):
-                raise
-            out_dir = kwargs.get("out_dir", args[3] if len(args) > 3 else "out_dir")
-            raise VectorStoreError(
-                f"cannot write the vector store in {out_dir}: {exc.strerror or exc}. Free "
-                "some space and call embed_catalogue again: it resumes from its last batch"
-            ) from exc
-
-    return wrapper
-
-
-@_disk_full_is_one_error
+@artifacts.disk_full_is_one_error(VectorStoreError, "the vector store", 3,
+                                  "it resumes from its last batch")
 def embed_catalogue(
     catalogue: Catalogue,
     images: ImageSource | str | os.PathLike,
