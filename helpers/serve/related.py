@@ -23,15 +23,14 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from helpers.catalogue.protocol import UnknownProductError
-from helpers.core import ids as item_ids
 from helpers.core.ids import IdMap
+from helpers.index.hits import Hit, to_hits
 from helpers.index.local import LocalIndex
 from helpers.ingest.jpeg import ImageError, decode_image, to_float
 from helpers.serve.loader import Artifacts, Method
@@ -60,19 +59,6 @@ class NoVectorError(RelatedError):
 
 class UploadError(RelatedError):
     """An upload that is not a picture, too big, or a decompression bomb."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One related product: its id, cosine score and (image-level indexes) its picture."""
-
-    product_id: int
-    score: float
-    image_index: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"product_id": self.product_id, "score": round(self.score, 6),
-                "image_index": self.image_index}
 
 
 class RecentlyViewed:
@@ -282,14 +268,14 @@ class Related:
             return []
         q = np.asarray(vector, np.float32).reshape(1, -1)
         res = m.index.search(q, want, category=category)
-        pids, idx = item_ids.decode(res.ids[0], m.level)
         hits: list[Hit] = []
         seen: set[int] = set()
-        for pid, i, score in zip(pids.tolist(), idx.tolist(), res.scores[0].tolist(), strict=True):
-            if pid < 0 or pid in skip or pid in seen or not np.isfinite(score):
-                continue  # padding, left out, or a second picture of a product
+        for h in to_hits(res, level=m.level):  # padding dropped
+            pid = h.product_id
+            if pid in skip or pid in seen or not np.isfinite(h.score):
+                continue  # left out, or a second picture of a product
             seen.add(pid)
-            hits.append(Hit(pid, float(score), None if i < 0 else i))
+            hits.append(h)
             if len(hits) == k:
                 break
         return hits
