@@ -29,18 +29,20 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from helpers.catalogue.protocol import UnknownProductError
 from helpers.ingest.jpeg import check_jpeg_bytes
-from helpers.serve.loader import configure_app_process, load_artifacts
-from helpers.serve.related import (
+from helpers.serve.inputs import (
     MAX_K,
     MAX_UPLOAD_BYTES,
-    NoVectorError,
-    RecentlyViewed,
-    Related,
     RelatedError,
-    describe,
+    parse_category,
+    parse_image_index,
     parse_k,
+    parse_method,
     parse_product_id,
 )
+from helpers.serve.loader import configure_app_process, load_artifacts
+from helpers.serve.pages import describe
+from helpers.serve.recent import RecentlyViewed
+from helpers.serve.related import NoVectorError, Related
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +109,8 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
 
     def query_options() -> tuple[int, str, int | None]:
         k = parse_k(request.values.get("k"))
-        method = request.values.get("method", art.default_method)
-        if not method:
-            raise RelatedError(f"method is empty; choose one of {', '.join(art.available())}")
+        method = parse_method(request.values.get("method"), art.default_method,
+                              art.available())
         rel.method(method)  # 400 for an unknown or unavailable method
         cat = request.values.get("category")
         category = None if cat is None else parse_category(cat)
@@ -190,9 +191,7 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
         # Pictures come from the BSON store by the catalogue's offset: a path is only ever
         # two validated integers, so a request cannot name a file outside the data.
         pid = parse_product_id(product_id)
-        if not index.isdecimal() or not index.isascii() or len(index) > 3:
-            raise RelatedError(f"a picture index is a small whole number, not {index[:20]!r}")
-        i = int(index)
+        i = parse_image_index(index)
         try:
             p = rel.product(pid)
         except UnknownProductError:
@@ -273,13 +272,6 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
         return known
 
     return app
-
-
-def parse_category(text: str) -> int:
-    s = str(text).strip()
-    if not s.isdecimal() or not s.isascii() or len(s) > 18:
-        raise RelatedError(f"category is a category id (a whole number), not {s[:40]!r}")
-    return int(s)
 
 
 # -- OpenAPI --------------------------------------------------------------------------------

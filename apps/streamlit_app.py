@@ -6,7 +6,7 @@
 The artifacts are opened once per server process (`st.cache_resource`), never rebuilt:
 no model runs at start-up (the original app re-embedded the catalogue there). A photo
 upload is embedded on demand by the model that made the method's vectors. The logic lives in
-`helpers.serve.related`; this file only lays it out.
+`helpers.serve` (`related`, `pages`, `recent`, `inputs`); this file only lays it out.
 """
 
 from __future__ import annotations
@@ -21,19 +21,15 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` from anywhere
 
 from helpers.catalogue.protocol import UnknownProductError  # noqa: E402
+from helpers.serve.inputs import RelatedError  # noqa: E402
 from helpers.serve.loader import (  # noqa: E402
     ArtifactMissing,
     configure_app_process,
     load_artifacts,
 )
-from helpers.serve.related import (
-    RecentlyViewed,
-    Related,
-    RelatedError,
-    category_names,
-    describe,
-    find_products,
-)
+from helpers.serve.pages import category_names, describe, find_products  # noqa: E402
+from helpers.serve.recent import RecentlyViewed  # noqa: E402
+from helpers.serve.related import Related  # noqa: E402
 
 RECENT_N = 5
 COLUMNS = 5

@@ -3,7 +3,8 @@
 Products come from a `Catalogue` and their pictures from an `ImageSource` (the BSON
 store by offset, a JPEG folder...). Item ids are product ids at product level and packed
 image ids at image level (`helpers.core.ids`): the gallery decodes them to show the picture
-that was matched.
+that was matched. Hits are `helpers.index.hits.Hit`; ``Hit``, ``as_hit`` and ``to_hits``
+are re-exported here for the notebooks.
 ``Gallery`` is the live view (a dropdown of query products and a k slider,
 ipywidgets) for JupyterLab; with ``interactive=False`` -- what ``run_all.py``
 passes -- it draws the same grid as a static matplotlib figure, so papermill
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,17 +24,11 @@ from helpers.catalogue.image_source import BsonImageSource, ImageSource
 from helpers.catalogue.image_source import image as source_image
 from helpers.catalogue.protocol import Catalogue
 from helpers.core import ids as item_ids
+from helpers.index.hits import Hit, as_hit, to_hits
 from helpers.ingest.jpeg import decode_image
 
 # A search callable: (product_id, k) -> list of hits, best first.
-SearchFn = Callable[[int, int], Sequence["Hit"]]
-
-
-@dataclass(frozen=True)
-class Hit:
-    product_id: int
-    score: float | None = None
-    image_index: int | None = None  # None: the product's first usable picture
+SearchFn = Callable[[int, int], Sequence[Hit]]
 
 
 class ProductImages:
@@ -87,22 +81,6 @@ def product_grid(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def to_hits(result, row: int = 0, level: str = "product") -> list[Hit]:
-    """One query's row of a ``SearchResult`` as gallery hits; padding (id -1) is dropped.
-
-    level: ``"image"`` decodes packed image ids, so the hit shows the matched picture.
-    """
-    found = [(int(i), float(s)) for i, s in zip(result.ids[row], result.scores[row],
-                                                strict=True) if i >= 0]
-    return [as_hit(i, level, s) for i, s in found]
-
-
-def as_hit(item_id: int, level: str = "product", score: float | None = None) -> Hit:
-    """A gallery hit for an index item id (product id, or packed image id)."""
-    pid, idx = item_ids.product_of(item_id, level)
-    return Hit(pid, score, idx)
 
 
 def neighbours_figure(
@@ -211,3 +189,7 @@ class Gallery:
         for pid in self.queries:
             display(self.figure(pid))
             plt.close("all")
+
+
+__all__ = ["Gallery", "Hit", "ProductImages", "SearchFn", "as_hit", "neighbours_figure",
+           "product_grid", "searcher", "to_hits"]

@@ -27,8 +27,8 @@ schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 from apps.flask_app import create_app  # noqa: E402
-from helpers.serve.related import MAX_UPLOAD_BYTES  # noqa: E402
-from tests.test_related import png_bomb  # noqa: E402
+from helpers.serve.inputs import MAX_UPLOAD_BYTES  # noqa: E402
+from tests.test_serve_inputs import png_bomb  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

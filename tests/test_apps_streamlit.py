@@ -15,7 +15,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from helpers.serve.loader import load_artifacts  # noqa: E402
-from helpers.serve.related import find_products  # noqa: E402
+from helpers.serve.pages import find_products  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "streamlit_app.py")
 

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from helpers.ingest.jpeg import decode_image
+from helpers.serve.inputs import check_upload, decode_upload
 from helpers.serve.loader import build_serving_artifacts, load_artifacts
-from helpers.serve.related import Related, UnknownMethodError, check_upload, decode_upload
+from helpers.serve.related import Related, UnknownMethodError
 
 REPO = Path(__file__).resolve().parents[1]
 ORIENTATION = 0x0112  # the EXIF tag
@@ -212,7 +213,7 @@ def test_transparency_is_shown_on_white():
 
 MEASURE = """
 import resource, sys
-from helpers.serve.related import decode_upload
+from helpers.serve.inputs import decode_upload
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 decode_upload(data, 224)

@@ -12,9 +12,10 @@ Methods (METHODS): "exact" (numpy brute force), "faiss" (any factory string),
 Layout: `protocol` (SearchResult, Knobs, VectorIndex, input validation), `errors`,
 `chunks` (reading vectors block by block), `local` (LocalIndex: ids, categories, versioned
 save/load), `manifest` (meta.json, which vectors built an index), `faiss_layers` (walking
-nested FAISS indexes); engines `exact`, `faiss_index`, `annoy_index`,
-`elasticsearch_index` (+ `elasticsearch_node`, `elasticsearch_bulk`), and `compressed`
-(the full-catalogue FAISS index). Indexes never import models.
+nested FAISS indexes), `hits` (the one `Hit`: result rows as hits); engines `exact`,
+`faiss_index`, `annoy_index`, `elasticsearch_index` (+ `elasticsearch_node`,
+`elasticsearch_bulk`), and `compressed` (the full-catalogue FAISS index). Indexes never
+import models.
 
 Adding a method: one module here with a class implementing `VectorIndex` (usually by
 deriving `LocalIndex`), and one line in METHODS below. Engines are imported on first use,

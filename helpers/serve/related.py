@@ -1,53 +1,44 @@
-"""Related products: by product, by what a user recently viewed, and by an uploaded photo.
+"""Related products, the query service of the apps: by product, by what a user recently
+viewed, and by an uploaded photo.
 
-    from helpers.serve.related import Related, RecentlyViewed
+    from helpers.serve.related import Related
     rel = Related(load_artifacts())
     rel.related(1000010653, k=10, method="faiss")                 # list[Hit], best first
-    seen = RecentlyViewed(n=5); seen.add(1000010653); seen.add(1000010700)
     rel.related_to_recent(seen.ids, k=10, method="annoy")        # leaves out what was seen
     rel.search_upload(photo_bytes, k=10, method="faiss")          # the index's own model, no TF
 
 Every search goes through one path (`search_vector`): the method's index, a category
 filter, products to leave out, and, for image-level indexes, one hit per product (its
-best picture). An uploaded photo is decoded as the catalogue pictures were
-(`helpers.images.decode_image`: EXIF orientation, alpha on white, draft/reduce) and embedded
-by the model its method's vectors were made with (`helpers.models.extractor_for`, from
-the store's ``made_by``). Input errors are `RelatedError` subclasses (ValueError), so an app turns
-them into a 400 (or a 404 for an unknown product) with their message.
+best picture); hits are `helpers.index.hits.Hit`. An uploaded photo is checked and decoded
+by `helpers.serve.inputs.decode_upload` (as the catalogue pictures were: EXIF orientation,
+alpha on white, draft/reduce) and embedded by the model its method's vectors were made with
+(`helpers.models.extractor_for`, from the store's ``made_by``). Input errors are
+`RelatedError` subclasses (ValueError), so an app turns them into a 400 (or a 404 for an
+unknown product) with their message.
+
+Imports numpy, the catalogue protocol, `helpers.core.ids`, the index layer (`Hit`,
+`LocalIndex`), `helpers.ingest.jpeg.to_float`, `helpers.serve.loader` (Artifacts, Method),
+`helpers.serve.inputs`, and `helpers.models` on the first photo search only.
 """
 
 from __future__ import annotations
 
-import io
 import threading
-import warnings
-from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from helpers.catalogue.protocol import UnknownProductError
-from helpers.core import ids as item_ids
 from helpers.core.ids import IdMap
+from helpers.index.hits import Hit, to_hits
 from helpers.index.local import LocalIndex
-from helpers.ingest.jpeg import ImageError, decode_image, to_float
+from helpers.ingest.jpeg import to_float
+from helpers.serve.inputs import RelatedError, decode_upload, parse_k
 from helpers.serve.loader import Artifacts, Method
 
-MAX_K = 100
-MAX_RECENT = 10
 PRODUCT_CACHE = 100_000  # Product objects kept by a Related (about 40 MB at most)
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # a phone photo is 2-6 MB
-MAX_UPLOAD_PIXELS = 40_000_000  # 8000 x 5000; checked on the header, before any decode
-# MPO: a phone's JPEG with its preview picture (MPF); the first frame is the photo.
-UPLOAD_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP")
 MERGES = ("mean", "merge")
-
-
-class RelatedError(ValueError):
-    """Bad input to a related-products query (an app answers 400 with the message)."""
 
 
 class UnknownMethodError(RelatedError):
@@ -56,137 +47,6 @@ class UnknownMethodError(RelatedError):
 
 class NoVectorError(RelatedError):
     """A product without a vector (none of its pictures decoded): nothing to compare."""
-
-
-class UploadError(RelatedError):
-    """An upload that is not a picture, too big, or a decompression bomb."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One related product: its id, cosine score and (image-level indexes) its picture."""
-
-    product_id: int
-    score: float
-    image_index: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"product_id": self.product_id, "score": round(self.score, 6),
-                "image_index": self.image_index}
-
-
-class RecentlyViewed:
-    """The last ``n`` products a user viewed, most recent first, each once.
-
-    Plain data (a list of ints) so it lives in a Streamlit session state or a Flask
-    session cookie: ``RecentlyViewed.from_list(session.get("recent"))``.
-    """
-
-    def __init__(self, n: int = 5, ids: Iterable[int] = ()) -> None:
-        if not 1 <= n <= MAX_RECENT:
-            raise ValueError(f"n must lie in [1, {MAX_RECENT}], got {n}")
-        self._ids: deque[int] = deque(maxlen=n)
-        for pid in reversed(list(ids)):
-            self.add(pid)
-
-    def add(self, product_id: int) -> None:
-        pid = int(product_id)
-        if pid in self._ids:
-            self._ids.remove(pid)
-        self._ids.appendleft(pid)
-
-    @property
-    def ids(self) -> list[int]:
-        return list(self._ids)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def to_list(self) -> list[int]:
-        return self.ids
-
-    @classmethod
-    def from_list(cls, data: Any, n: int = 5) -> RecentlyViewed:
-        """From stored data; anything malformed (an edited cookie) gives an empty list."""
-        try:
-            ids = [int(x) for x in (data or [])][:n]
-        except (TypeError, ValueError):
-            ids = []
-        return cls(n, ids)
-
-
-# -- input checks shared by the apps ---------------------------------------------------------
-
-
-def parse_product_id(text: Any) -> int:
-    """A product id from user input: decimal digits only (a malformed one is RelatedError)."""
-    s = str(text).strip()
-    if not s.isdecimal() or not s.isascii() or len(s) > 18:
-        raise RelatedError(f"a product id is a whole number of up to 18 digits, not {s[:40]!r}")
-    return int(s)
-
-
-def parse_k(value: Any, default: int = 10) -> int:
-    if value is None:  # absent; present but empty is malformed
-        return default
-    s = str(value).strip()
-    # ASCII digits, no leading zero, no more digits than MAX_K has: only then is int() cheap
-    # and its value the one the text says ("000001000" is not 1,000).
-    if (not s.isascii() or not s.isdecimal() or s[0] == "0" or len(s) > len(str(MAX_K))
-            or int(s) > MAX_K):
-        raise RelatedError(f"k must be a whole number from 1 to {MAX_K}, not {s[:20]!r}")
-    return int(s)
-
-
-def check_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES,
-                 max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
-    """The uploaded picture, opened lazily (header read, pixels not decoded yet).
-
-    Refuses: empty or oversized uploads, anything Pillow cannot identify or that is not a
-    photo format, and pictures whose header announces more than ``max_pixels`` pixels (a
-    decompression bomb: a few kB that decode to gigabytes) -- before decoding them.
-    """
-    if not data:
-        raise UploadError("the upload is empty: send a JPEG or PNG picture")
-    if len(data) > max_bytes:
-        raise UploadError(f"the upload has {len(data):,} bytes; the limit is {max_bytes:,}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # reads the header only
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UploadError(f"picture refused: too many pixels ({exc})") from None
-    except (OSError, SyntaxError, ValueError):
-        raise UploadError("the upload is not a picture Pillow can read (send a JPEG or PNG)") \
-            from None
-    if img.format not in UPLOAD_FORMATS:
-        raise UploadError(f"{img.format} pictures are not accepted; send one of "
-                          f"{', '.join(UPLOAD_FORMATS)}")
-    w, h = img.size
-    if w <= 0 or h <= 0 or w * h > max_pixels:
-        raise UploadError(f"the picture is {w}x{h} pixels; the limit is {max_pixels:,} pixels")
-    return img
-
-
-def decode_upload(data: bytes, size: int, max_bytes: int = MAX_UPLOAD_BYTES,
-                  max_pixels: int = MAX_UPLOAD_PIXELS) -> np.ndarray:
-    """A checked upload decoded to uint8 RGB [size, size, 3] as a catalogue picture is
-    (`helpers.images.decode_image`: upright by its EXIF orientation, transparency on white,
-    a JPEG or MPO decoded at 1/2..1/8 scale in draft mode).
-
-    Memory of one call: a JPEG of ``max_pixels`` (40 M) decodes at 1/8 scale, 2 MB (4 MB
-    peak measured); a PNG (WebP, GIF, BMP) cannot be drafted and decodes in full: up to 4
-    bytes a pixel, 160 MB at 40 Mpixels of RGBA (173 MB peak measured with the reduction).
-    ``tests/test_uploads.py`` checks the bound.
-    """
-    check_upload(data, max_bytes, max_pixels)
-    try:
-        return decode_image(data, size, max_side=None, max_pixels=max_pixels)
-    except ImageError as exc:
-        raise UploadError(f"the picture does not decode: {exc}") from None
-
-
-# -- the service ------------------------------------------------------------------------------
 
 
 class Related:
@@ -282,14 +142,14 @@ class Related:
             return []
         q = np.asarray(vector, np.float32).reshape(1, -1)
         res = m.index.search(q, want, category=category)
-        pids, idx = item_ids.decode(res.ids[0], m.level)
         hits: list[Hit] = []
         seen: set[int] = set()
-        for pid, i, score in zip(pids.tolist(), idx.tolist(), res.scores[0].tolist(), strict=True):
-            if pid < 0 or pid in skip or pid in seen or not np.isfinite(score):
-                continue  # padding, left out, or a second picture of a product
+        for h in to_hits(res, level=m.level):  # padding dropped
+            pid = h.product_id
+            if pid in skip or pid in seen or not np.isfinite(h.score):
+                continue  # left out, or a second picture of a product
             seen.add(pid)
-            hits.append(Hit(pid, float(score), None if i < 0 else i))
+            hits.append(h)
             if len(hits) == k:
                 break
         return hits
@@ -377,59 +237,3 @@ class Related:
                                              f"here ({exc})") from None
             return self._extractors[key]
 
-
-def describe(catalogue: Any, hits: Sequence[Hit]) -> list[dict[str, Any]]:
-    """Hits with what a page shows: category path, label, the picture to show (the hit's
-    own picture at image level, else the product's first usable one; None if it has none).
-
-    ``catalogue``: anything with ``products(ids)``: a Catalogue, or a `Related` (cached).
-    """
-    if not hits:
-        return []
-    products = {p.product_id: p for p in catalogue.products([h.product_id for h in hits])}
-    out = []
-    for h in hits:
-        p = products[h.product_id]
-        usable = p.usable_images
-        picture = h.image_index if h.image_index is not None else (usable[0] if usable else None)
-        out.append({**h.to_dict(), "category_id": p.category_id,
-                    "category_path": list(p.category_path) if p.category_path else None,
-                    "label": p.label, "picture": picture})
-    return out
-
-
-def category_names(catalogue: Any) -> dict[int, str]:
-    """Category id -> "level1 › level2 › level3" for every category of the catalogue."""
-    cids = np.unique(catalogue.category_ids(catalogue.ids()))
-    out = {}
-    for cid in cids.tolist():
-        if cid < 0:
-            continue
-        path = catalogue.category_path(cid)
-        out[int(cid)] = " › ".join(path) if path else str(cid)
-    return out
-
-
-def find_products(catalogue: Any, query: str, limit: int = 50,
-                  categories: dict[int, str] | None = None) -> list[Any]:
-    """Products matching a picker's search box: a product id, a category id, or words of a
-    category name (case-insensitive, every word must appear). Empty: the first products."""
-    q = (query or "").strip()
-    if not q:
-        return catalogue.page(0, limit)
-    found: list[Any] = []
-    if q.isdecimal() and q.isascii() and len(q) <= 18:
-        try:
-            found.append(catalogue.product(int(q)))
-        except UnknownProductError:
-            pass
-        found += catalogue.by_category(int(q), limit=limit)
-        return found[:limit]
-    words = q.casefold().split()
-    names = categories if categories is not None else category_names(catalogue)
-    for cid, name in names.items():
-        if all(w in name.casefold() for w in words):
-            found += catalogue.by_category(cid, limit=limit - len(found))
-            if len(found) >= limit:
-                break
-    return found[:limit]

@@ -8,7 +8,8 @@
 
 Recall against QPS, the sweeps beside the exact methods' single points:
 ``helpers.evaluate.sweep.plot_recall_qps(run.sweeps, k=k, points=run.single_points())``.
-Imports matplotlib and helpers.evaluate.compare.report; helpers.gallery for a gallery.
+Imports matplotlib and helpers.evaluate.compare.report; helpers.gallery (and
+helpers.index.hits) for a gallery.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def category_gallery(comparison: Comparison, images: Any, category_id: int,
                      method: str | None = None, k: int = 8) -> plt.Figure | None:
     """The first query product of a category and its neighbours under ``method`` (default:
     the best at precision@k); None if no query of the run is in that category."""
-    from helpers.gallery import Hit, neighbours_figure
+    from helpers.gallery import neighbours_figure
+    from helpers.index.hits import Hit
 
     kk = comparison.settings["k"]
     method = method or best_method(comparison.table, f"p@{kk}")
