@@ -9,6 +9,9 @@ are re-exported here for the notebooks.
 ipywidgets) for JupyterLab; with ``interactive=False`` -- what ``run_all.py``
 passes -- it draws the same grid as a static matplotlib figure, so papermill
 and HTML exports still show it.
+
+Imports matplotlib, ipywidgets, Pillow, helpers.core, helpers.ingest.jpeg,
+helpers.catalogue and helpers.index.hits; never an engine or a model.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ The one artifact finder: `find` lists the finished artifacts of a run by kind fr
 manifests, newest first; `catalogues`, `stores` (single or sharded vector stores, so a Dask
 run's shards are found like a single store) and `indexes` build on it. The apps, 06 and
 the notebooks all find artifacts here; nothing walks folders for other files.
+
+Imports helpers.core, helpers.ingest.scan, helpers.catalogue, helpers.vectors and
+helpers.index.manifest (to find indexes); never a model or an engine.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@
 Implementations: the BSON dump read by offset (`BsonImageSource`) and a folder of
 ``<product_id>_<i>.jpg`` files (`JpegFolderSource`, what `export_jpegs` writes). The
 embedder, the galleries and the apps take any of them.
+
+Imports numpy, helpers.catalogue.protocol and helpers.ingest (bson_store, jpeg).
 """
 
 from __future__ import annotations

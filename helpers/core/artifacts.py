@@ -15,6 +15,8 @@ difference.
 
 Writes are atomic (temp file, fsync, rename, fsync of the folder) and leave files
 world-readable (0644), so a server running as another user can read them.
+
+Imports the standard library only (the bottom layer).
 """
 
 from __future__ import annotations

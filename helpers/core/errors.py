@@ -1,5 +1,8 @@
 """What may be missing here without being a bug: an external service (Elasticsearch,
-MongoDB) that does not answer, or a method whose optional package or backend is absent."""
+MongoDB) that does not answer, or a method whose optional package or backend is absent.
+
+Imports nothing.
+"""
 
 
 class ServiceUnavailable(RuntimeError):

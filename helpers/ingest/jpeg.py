@@ -5,6 +5,8 @@ greyscale or CMYK file, and a damaged one: every decode goes through here so
 those become RGB arrays or a clear ``ImageError``. A query photo (an upload: a phone's
 EXIF-rotated JPEG or MPO, a transparent PNG) goes through the same ``decode_image``, so
 it is prepared exactly as the catalogue pictures it is compared with.
+
+Imports numpy and Pillow only.
 """
 
 from __future__ import annotations

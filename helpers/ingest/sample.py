@@ -10,6 +10,8 @@ A Cdiscount product has 1 to 4 photos of the same item; Fashion-MNIST has one,
 so the extra pictures of a product are views of that photo (mirror, small
 shift-and-zoom, exposure change) -- stated here so nobody mistakes them for
 independent shots.
+
+Imports numpy, pandas, Pillow, bson and helpers.core.artifacts.
 """
 
 from __future__ import annotations

@@ -1,1 +1,4 @@
-"""Past one process: the Dask catalogue and embedding, memory of mapped files."""
+"""Past one process: the Dask catalogue and embedding, memory of mapped files.
+
+Imports nothing itself.
+"""

@@ -1,6 +1,8 @@
 """Memory of processes and of files they map: is an index file shared or copied?
 
 Linux only (reads /proc/<pid>/smaps); elsewhere the functions say so.
+
+Imports pandas and helpers.core.artifacts (reads /proc).
 """
 
 from __future__ import annotations

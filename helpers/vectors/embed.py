@@ -8,6 +8,9 @@ alone (``bench/bench_embed.py`` measures the ratio).
 
 A picture that fails to decode is skipped, counted, and written to the store's
 ``rejects.csv``; a product with no decodable picture gets no vector.
+
+Imports numpy, pandas, tqdm, helpers.core, helpers.ingest (jpeg, schema),
+helpers.catalogue and the vector stores; a model is passed in, never imported.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ It reads the same way as ``helpers.vectors.store.VectorStore`` (``__len__``, ``d
 ``ShardedMatrix``: indexing a row or a slice inside one shard returns a memmap view;
 only a slice spanning shards, a fancy index or ``np.asarray`` copies (the rows asked for).
 Ids: 16 bytes a row in RAM (200 MB at 12.4 M rows); lookups by binary search, no dict.
+
+Imports numpy, helpers.core.artifacts and helpers.vectors.store.
 """
 
 from __future__ import annotations

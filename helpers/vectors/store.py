@@ -12,6 +12,8 @@ A store is a folder::
 Appends go to the two binary files first, fsynced, and ``meta.json`` last (atomically),
 so a killed run -- or a power loss -- leaves a store whose ``count`` rows are all on
 disk: reopening it truncates any half-written tail and carries on from ``next_row``.
+
+Imports numpy and helpers.core (artifacts, ids).
 """
 
 from __future__ import annotations
