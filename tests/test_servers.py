@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -28,6 +30,10 @@ def test_stop_leaves_a_process_that_is_not_ours(tmp_path):
     server.remember_process()  # as at start
     first.kill()
     first.wait()  # it exited; its pid may now be anyone's
+    # A reused pid belongs to a process started later: at least one clock tick (the unit of
+    # the recorded start time) after ours. Two started within one tick, with one command
+    # line, would look the same (the pid itself is not part of what is recorded).
+    time.sleep(3 / os.sysconf("SC_CLK_TCK"))
     other = _sleeper()  # the same command line, another process
     try:
         server.pidfile.write_text(f"{other.pid}\n")  # as if the pid had been reused
