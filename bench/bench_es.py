@@ -6,7 +6,7 @@
 
 Figures, side by side:
 - node start-up: seconds from launch to health yellow (the Maven test node of
-  helpers/services/servers.py, heap 512 MB), and the node's resident memory after the load;
+  helpers/services/elasticsearch.py, heap 512 MB), and the node's resident memory after the load;
 - bulk load: documents per second through ElasticsearchIndex.build (streaming_bulk,
   chunks of 500, refresh off during the load, count check at the end);
 - kNN: the smallest num_candidates reaching recall@10 >= --target against the exact top 10

@@ -1,7 +1,7 @@
 """Elasticsearch engine against a real node, started here once for the module.
 
-The node is the Maven Central test distribution (helpers/services/servers.py): fetched and unpacked
-on first use, started as a system user when the tests run as root. It starts in the
+The node is the Maven Central test distribution (helpers/services/elasticsearch.py): fetched
+and unpacked on first use, started as a system user when the tests run as root. It starts in the
 background while the built-in sample (1,000 products, 10 categories) is embedded.
 """
 

@@ -1,1 +1,23 @@
-"""Starting local servers (Elasticsearch, mongod) for tests, demos and users."""
+"""Starting local servers (Elasticsearch, mongod) for tests, demos and users.
+
+`process` holds the `Server` handle (it stops only its own process) and `free_port`;
+`elasticsearch` fetches and starts a node; `mongod` starts a mongod; `servers` is the
+command line (`python -m helpers.services.servers es|mongod|fetch`) and re-exports them all.
+The names below come from the first three (standard library only, nothing heavy), not from
+`servers`, so that `python -m helpers.services.servers` finds that module not yet imported.
+Imports those three modules only.
+"""
+
+from helpers.services.elasticsearch import (
+    ensure_elasticsearch,
+    es_health,
+    start_elasticsearch,
+    wait_for_elasticsearch,
+)
+from helpers.services.mongod import mongod_path, start_mongod
+from helpers.services.process import Server, free_port
+
+__all__ = [
+    "Server", "ensure_elasticsearch", "es_health", "free_port", "mongod_path",
+    "start_elasticsearch", "start_mongod", "wait_for_elasticsearch",
+]
