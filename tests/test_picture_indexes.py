@@ -21,7 +21,7 @@ from helpers.index import build_index
 from helpers.ingest import bson_store
 from helpers.ingest import scan as cat
 from helpers.ingest.jpeg import decode_image
-from helpers.serve.loader import FEATURE_MODEL, ArtifactMissing, load_artifacts
+from helpers.serve.loader import FEATURE_MODELS, ArtifactMissing, load_artifacts
 from helpers.vectors.embed import embed_catalogue
 from helpers.workspace import Workspace
 
@@ -36,7 +36,7 @@ class Tiny:
     dim = 48
 
     def meta(self) -> dict:
-        return {"model": f"{FEATURE_MODEL}-tiny-block-means"}
+        return {"model": f"{FEATURE_MODELS[0]}-tiny-block-means"}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, h, w, _ = x.shape
