@@ -39,6 +39,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]  # run as a script from anywhere
 
 from _report import row  # noqa: E402
 
+from helpers.catalogue.protocol import ParquetCatalogue  # noqa: E402
 from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES  # noqa: E402
 from helpers.ingest.jpeg import decode_image  # noqa: E402
 from helpers.ingest.scan import build_catalogue, load_catalogue  # noqa: E402
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     rate = forward_rate(models[b], u8, args.batch)
                     fwd[b, size] = max(fwd.get((b, size), 0.0), rate)
                     t0 = time.perf_counter()
-                    embed.embed_catalogue(df, bson_path, models[b], tmp / f"{b}-{size}",
+                    embed.embed_catalogue(ParquetCatalogue(df), bson_path, models[b],
+                                          tmp / f"{b}-{size}",
                                           image_size=size, batch_size=args.batch,
                                           resume=False, progress=False)
                     rate_p = n / (time.perf_counter() - t0)

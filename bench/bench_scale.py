@@ -43,6 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: no spinning
 from _report import row  # noqa: E402
 from simulate import DATA, category_skew, imbalance, make_bson, make_vectors  # noqa: E402
 
+from helpers.catalogue.protocol import ParquetCatalogue  # noqa: E402
 from helpers.core.paths import CDISCOUNT_DIR  # noqa: E402
 from helpers.index import compressed as bi  # noqa: E402
 from helpers.ingest import scan as cat  # noqa: E402
@@ -130,8 +131,8 @@ def bench_embed(args: argparse.Namespace) -> dict:
         df = cat.load_catalogue(tmp / "cat")
         ex = load_extractor("mobilenet_v2", "onnx", intra_op_threads=2)
         t0, c0 = time.perf_counter(), _cpu()
-        embed_catalogue(df, path, ex, tmp / "inproc", image_size=180, level="image",
-                        progress=False)
+        embed_catalogue(ParquetCatalogue(df), path, ex, tmp / "inproc", image_size=180,
+                        level="image", progress=False)
         rows.append(("in-process, ORT 2 threads (no Dask)", time.perf_counter() - t0,
                      _cpu() - c0, 1))
         for workers, threads in ((2, 1), (1, 2)):
@@ -196,11 +197,11 @@ def bench_sizes(args: argparse.Namespace) -> dict:
         df, sample = cat.load_catalogue(tmp / "cat"), cat.load_catalogue(tmp / "sample")
         for size in args.sizes:
             c0 = _cpu()
-            st = embed_catalogue(df, path, ex, tmp / f"e{size}", image_size=size,
+            st = embed_catalogue(ParquetCatalogue(df), path, ex, tmp / f"e{size}", image_size=size,
                                  level="image", decode_threads=1, progress=False)
             rate = len(st) / (_cpu() - c0)
-            v = embed_catalogue(sample, SAMPLE_BSON, ex, tmp / f"s{size}", image_size=size,
-                                progress=False)
+            v = embed_catalogue(ParquetCatalogue(sample), SAMPLE_BSON, ex, tmp / f"s{size}",
+                                image_size=size, progress=False)
             x = bi.unit(np.asarray(v.vectors))
             cats = cat.categories_of(sample, v.product_ids)
             nn = np.argsort(-(x @ x.T), axis=1)[:, 1:11]

@@ -27,6 +27,7 @@ import bson
 import numpy as np
 import pandas as pd
 
+from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON
 from helpers.ingest.bson_store import iter_records
 from helpers.vectors.sharded import SHARDS, ShardedVectorStore, write_manifest
@@ -110,7 +111,7 @@ def real_spectrum(image_size: int = 180) -> tuple[np.ndarray, np.ndarray, np.nda
     for name, path in (("real", CDISCOUNT_DIR / "train_example.bson"), ("sample", SAMPLE_BSON)):
         out = DATA / "spectrum" / name
         cat.build_catalogue(path, out / "catalogue", progress=False)
-        store = embed_catalogue(cat.load_catalogue(out / "catalogue"), path, ex,
+        store = embed_catalogue(ParquetCatalogue(cat.load_catalogue(out / "catalogue")), path, ex,
                                 out / "vectors", image_size=image_size, level="image",
                                 progress=False)
         vecs.append(np.asarray(store.vectors))

@@ -47,13 +47,13 @@ def real(real_bson, real_categories, tmp_path_factory) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def real_products(real, real_bson, onnx_extractor, tmp_path_factory) -> VectorStore:
-    return embed_catalogue(real, real_bson, onnx_extractor,
+    return embed_catalogue(ParquetCatalogue(real), real_bson, onnx_extractor,
                            tmp_path_factory.mktemp("products"), progress=False)
 
 
 @pytest.fixture(scope="module")
 def real_images(real, real_bson, onnx_extractor, tmp_path_factory) -> VectorStore:
-    return embed_catalogue(real, real_bson, onnx_extractor,
+    return embed_catalogue(ParquetCatalogue(real), real_bson, onnx_extractor,
                            tmp_path_factory.mktemp("images"), level="image", progress=False)
 
 
@@ -151,7 +151,8 @@ def damaged(real_bson, real_categories, tmp_path_factory) -> dict:
     df = cat.load_catalogue(folder / "catalogue")
     # the marker check lets both through: only the decode finds them
     assert len(df) == 20 and df["bad_images"].map(len).sum() == 0
-    return {"bson": path, "catalogue": df, "multi": multi["_id"], "single": single["_id"],
+    return {"bson": path, "catalogue": ParquetCatalogue(df), "multi": multi["_id"],
+            "single": single["_id"],
             "images": sum(len(d["imgs"]) for d in docs), "multi_n": len(multi["imgs"]),
             "order": [d["_id"] for d in docs]}
 
@@ -234,7 +235,7 @@ def test_killed_run_resumes_to_same_store(damaged, onnx_extractor, tmp_path, mon
 
 def test_finished_store_is_reused(real, real_products, real_bson, onnx_extractor):
     counting = Wrapped(onnx_extractor)
-    again = embed_catalogue(real, real_bson, counting, real_products.folder,
+    again = embed_catalogue(ParquetCatalogue(real), real_bson, counting, real_products.folder,
                             progress=False)
     assert counting.calls == 0
     np.testing.assert_array_equal(again.vectors, real_products.vectors)
@@ -257,13 +258,13 @@ def test_finished_store_other_settings(real, real_bson, onnx_extractor, tmp_path
     (aside,) = tmp_path.glob("store.stale-*")
     np.testing.assert_array_equal(VectorStore(aside).vectors, kept)
     # another catalogue (same length, other products) is stale too; rebuilt on request
-    other = real.iloc[5:10]
+    other = ParquetCatalogue(real.iloc[5:10])
     with pytest.raises(VectorStoreError, match="catalogue_sha256"):
         embed_catalogue(other, real_bson, onnx_extractor, out, image_size=96,
                         progress=False)
     store = embed_catalogue(other, real_bson, onnx_extractor, out, image_size=96,
                             rebuild_stale=True, progress=False)
-    assert list(store.product_ids) == list(other["product_id"])
+    assert list(store.product_ids) == list(other.ids())
 
 
 def test_extractor_error_is_raised_and_cleaned_up(real, real_bson, tmp_path):
@@ -272,13 +273,15 @@ def test_extractor_error_is_raised_and_cleaned_up(real, real_bson, tmp_path):
 
     broken.dim = 4  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="on fire"):
-        embed_catalogue(real, real_bson, broken, tmp_path, batch_size=2, progress=False)
+        embed_catalogue(ParquetCatalogue(real), real_bson, broken, tmp_path, batch_size=2,
+                        progress=False)
     assert not _reader_threads()
 
 
 def test_bad_level(real, real_bson, onnx_extractor, tmp_path):
     with pytest.raises(ValueError, match="level must be one of"):
-        embed_catalogue(real, real_bson, onnx_extractor, tmp_path, level="category")
+        embed_catalogue(ParquetCatalogue(real), real_bson, onnx_extractor, tmp_path,
+                        level="category")
 
 
 def test_decode_failure_of_any_kind_is_a_reject(monkeypatch):
