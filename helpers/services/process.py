@@ -84,9 +84,11 @@ class Server:
         if now is None:
             return False  # gone
         if self.process is not None:
-            # The same start tick is the same process; a zombie (exited, not yet reaped)
-            # has lost its command line.
-            return now[0] == self.process[0] and now[1] in (self.process[1], b"")
+            # The same start tick is the same process: a reused pid belongs to a process
+            # started later. (The command line is not compared: read as the process starts,
+            # it was seen to differ from the one read later, and stop() then left our own
+            # mongod running.)
+            return now[0] == self.process[0]
         return str(self.workdir).encode() in now[1]
 
     def _our_pid(self) -> int | None:
