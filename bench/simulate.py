@@ -21,6 +21,7 @@ Everything goes under bench/data/ (git-ignored); delete multi-GB files after use
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import bson
@@ -65,22 +66,33 @@ def source_documents() -> list[dict]:
     return docs + [r.doc for r in iter_records(SAMPLE_BSON)]
 
 
-def make_bson(dst: Path, size_gb: float, seed: int = 0, kaggle_only: bool = False) -> Path:
-    """A Cdiscount-format file of ``size_gb`` GB from real documents (kept if present).
+def make_bson(dst: Path, size_gb: float | None = None, seed: int = 0,
+              kaggle_only: bool = False, n_pictures: int | None = None) -> Path:
+    """A Cdiscount-format file of ``size_gb`` GB, or of ``n_pictures`` pictures, from real
+    documents (an existing file of that size is kept).
 
     kaggle_only: the 82 Kaggle documents only (real Cdiscount photos: what embedding
     speed depends on), not the built-in sample's small Fashion-MNIST JPEGs too.
     """
-    if dst.exists() and dst.stat().st_size >= size_gb * 1e9 * 0.99:
+    if (size_gb is None) == (n_pictures is None):
+        raise ValueError("give size_gb or n_pictures")
+    done = dst.with_suffix(".json")
+    want = {"size_gb": size_gb, "n_pictures": n_pictures, "seed": seed,
+            "kaggle_only": kaggle_only}
+    if dst.exists() and done.exists() and json.loads(done.read_text()) == want:
         return dst
     docs, skew = source_documents(), category_skew()
     docs = docs[:82] if kaggle_only else docs
     rng = np.random.default_rng(seed)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".tmp")
-    written, next_id = 0, 10_000_000
+    written, pictures, next_id = 0, 0, 10_000_000
+
+    def more() -> bool:
+        return written < size_gb * 1e9 if n_pictures is None else pictures < n_pictures
+
     with open(tmp, "wb", buffering=16 << 20) as f:
-        while written < size_gb * 1e9:
+        while more():
             order = rng.permutation(len(docs))
             cats = rng.choice(skew["category_id"].to_numpy(), len(docs), p=skew["p"].to_numpy())
             for i, c in zip(order, cats, strict=True):
@@ -88,8 +100,12 @@ def make_bson(dst: Path, size_gb: float, seed: int = 0, kaggle_only: bool = Fals
                                    "category_id": int(c)})
                 f.write(raw)
                 written += len(raw)
+                pictures += len(docs[i]["imgs"])
                 next_id += 1
+                if not more():
+                    break
     tmp.replace(dst)
+    done.write_text(json.dumps(want))
     return dst
 
 
@@ -123,22 +139,53 @@ def real_spectrum(image_size: int = 180) -> tuple[np.ndarray, np.ndarray, np.nda
     return mean, vt, var
 
 
+class VectorSimulator:
+    """Draws 1280-d vectors shaped like MobileNetV2 features for given categories: one
+    Gaussian cluster per level-3 category (the real skew's), the real eigen-spectrum.
+
+    within: share of the real variance that lies inside a category (the rest separates
+    category centres). A category id outside the real list gets a centre of its own.
+    """
+
+    def __init__(self, within: float = 0.5, seed: int = 0) -> None:
+        self.skew = category_skew()
+        self.rng = np.random.default_rng(seed)
+        mean, axes, var = real_spectrum()
+        r = len(var)
+        self.mean, self.r = mean.astype(np.float32), r
+        self.centres = ((self.rng.standard_normal((len(self.skew), r))
+                         * np.sqrt(var * (1 - within))) @ axes).astype(np.float32)
+        self.spread = (np.sqrt(var * within)[:, None] * axes).astype(np.float32)
+        # Variance the real sample cannot resolve (rank <= its size): a small isotropic floor.
+        self.floor = np.float32(np.sqrt(var[-1]))
+        self.ids = self.skew["category_id"].to_numpy(np.int64)
+        self.order = np.argsort(self.ids)
+
+    def draw_categories(self, n: int) -> np.ndarray:
+        """``n`` category ids drawn with the real picture shares."""
+        return self.ids[self.rng.choice(len(self.ids), n, p=self.skew["p"].to_numpy())]
+
+    def vectors(self, category_ids: np.ndarray) -> np.ndarray:
+        """One vector per category id, float32 [n, 1280]."""
+        c = np.asarray(category_ids, np.int64)
+        pos = np.searchsorted(self.ids, c, sorter=self.order).clip(0, len(self.ids) - 1)
+        known = self.ids[self.order[pos]] == c
+        k = np.where(known, self.order[pos], np.abs(c) % len(self.ids))
+        x = self.rng.standard_normal((len(c), self.r), dtype=np.float32) @ self.spread
+        x += self.mean + self.centres[k]
+        x += self.floor * self.rng.standard_normal(x.shape, dtype=np.float32)
+        np.maximum(x, 0, out=x)  # ReLU6 features: never negative
+        return x
+
+
 def make_vectors(n: int, folder: Path, shards: int = 8, within: float = 0.5, seed: int = 0,
                  chunk: int = 65536) -> tuple[ShardedVectorStore, np.ndarray]:
     """``n`` simulated image vectors as a sharded store; returns it and their categories.
 
-    within: share of the real variance that lies inside a category (the rest separates
-    category centres). Product ids are the row numbers.
+    Product ids are the row numbers.
     """
-    skew = category_skew()
-    rng = np.random.default_rng(seed)
-    mean, axes, var = real_spectrum()
-    r = len(var)
-    cats = rng.choice(len(skew), n, p=skew["p"].to_numpy())
-    centres = (rng.standard_normal((len(skew), r)) * np.sqrt(var * (1 - within))) @ axes
-    spread = (np.sqrt(var * within)[:, None] * axes).astype(np.float32)
-    # Variance the real sample cannot resolve (rank <= its size): a small isotropic floor.
-    floor = np.float32(np.sqrt(var[-1]))
+    sim = VectorSimulator(within, seed)
+    cats = sim.draw_categories(n)
     bounds = np.linspace(0, n, shards + 1).astype(int)
     metas = []
     for s in range(shards):
@@ -147,19 +194,61 @@ def make_vectors(n: int, folder: Path, shards: int = 8, within: float = 0.5, see
                          resume=False)
         for a in range(bounds[s], bounds[s + 1], chunk):
             b = min(a + chunk, bounds[s + 1])
-            x = rng.standard_normal((b - a, r), dtype=np.float32) @ spread
-            x += (mean + centres[cats[a:b]]).astype(np.float32)
-            x += floor * rng.standard_normal(x.shape, dtype=np.float32)
-            np.maximum(x, 0, out=x)  # ReLU6 features: never negative
-            w.append(x, np.arange(a, b), np.full(b - a, -1), b)
+            w.append(sim.vectors(cats[a:b]), np.arange(a, b), np.full(b - a, -1), b)
         w.close()
         metas.append({"path": f"{SHARDS}/part-{s:05d}", "count": int(bounds[s + 1] - bounds[s]),
                       "range": [int(bounds[s]), int(bounds[s + 1])]})
     write_manifest(folder, dim=1280, made_by={"model": "simulated-mobilenet_v2",
                                               "level": "image", "within": within, "seed": seed},
                    shards=metas)
-    np.save(folder / "categories.npy", skew["category_id"].to_numpy()[cats])
-    return ShardedVectorStore(folder), skew["category_id"].to_numpy()[cats]
+    np.save(folder / "categories.npy", cats)
+    return ShardedVectorStore(folder), cats
+
+
+def simulate_embedding(catalogue_dir: Path, bson_path: Path, out_dir: Path,
+                       extractor_meta: dict, *, image_size: int, level: str,
+                       workers: int | None = None, seed: int = 0) -> int:
+    """Write, in ``out_dir``, the shards a Dask embedding of this catalogue would write
+    (helpers.scale.distributed: same byte ranges, ids, rows and settings), filled with
+    simulated vectors of each picture's category instead of the model's. A later
+    ``embed_catalogue`` of the same settings finds every shard finished and only merges
+    them, so the notebooks' commands run unchanged. Every shard and the merged store
+    say ``"simulated": "bench/simulate.py"`` in their ``made_by``. Returns the vectors
+    written."""
+    from helpers.catalogue.protocol import ParquetCatalogue
+    from helpers.core import artifacts
+    from helpers.ingest import scan as cat
+    from helpers.ingest.schema import usable_counts
+    from helpers.scale.distributed import PLAN, shard_plan, shard_rows
+
+    settings, counts = shard_plan(catalogue_dir, bson_path, image_size, level, workers)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(out_dir / PLAN, settings)
+    sim, total = VectorSimulator(seed=seed), 0
+    for i, (a, b) in enumerate(settings["ranges"]):
+        if not counts[i]:
+            continue
+        rows = shard_rows(catalogue_dir / cat.CATALOGUE, a, b)
+        catalogue = ParquetCatalogue(rows)
+        made_by = {**extractor_meta, "image_size": image_size, "level": level,
+                   "source": str(Path(bson_path).resolve()), "catalogue_rows": len(rows),
+                   "catalogue_sha256": catalogue.fingerprint,
+                   "simulated": "bench/simulate.py"}
+        w = VectorWriter(out_dir / SHARDS / f"part-{i:05d}", 1280, made_by, resume=False)
+        pids = rows["product_id"].to_numpy(np.int64)
+        if level == "product":
+            x, index = sim.vectors(rows["category_id"].to_numpy()), np.full(len(rows), -1)
+        else:
+            n = usable_counts(rows)
+            pids = np.repeat(pids, n)
+            bad = rows["bad_images"].map(lambda v: set(v) if v is not None else set())
+            index = np.array([j for m, skip in zip(rows["n_images"], bad, strict=True)
+                              for j in range(m) if j not in skip], np.int64)
+            x = sim.vectors(np.repeat(rows["category_id"].to_numpy(), n))
+        w.append(x, pids, index, len(rows), images=len(x), failed_images=0)
+        w.close(seconds=0)
+        total += len(x)
+    return total
 
 
 def main() -> None:

@@ -296,3 +296,31 @@ def test_06_on_the_built_in_sample(tmp_path):
     # Fashion-MNIST's 10 balanced classes: chance is about 0.1, MobileNetV2 far above it.
     assert exact["chance@10"] < 0.15 and exact["p@10"] > 3 * exact["chance@10"]
     assert exact["hit@1"] > 0.5  # another view of the same photo comes back first
+
+
+def test_a_large_catalogue_is_compared_on_a_seeded_sample_of_products():
+    """Above max_products, only the sampled products' pictures are read from the store."""
+    from types import SimpleNamespace
+
+    from helpers.core import ids as item_ids
+    from helpers.evaluate.compare.inputs import embed, product_sample
+    from helpers.evaluate.method import parse_method
+
+    pids = np.arange(100, 130, dtype=np.int64)
+    catalogue = ParquetCatalogue(pd.DataFrame({
+        "product_id": pids, "category_id": np.arange(30) % 3, "offset": np.arange(30) * 10,
+        "length": 10, "n_images": 2, "bad_images": [None] * 30}))
+    assert product_sample(catalogue, 30) is None and product_sample(catalogue, None) is None
+    chosen = product_sample(catalogue, 7, seed=3)
+    assert len(chosen) == 7 and set(chosen) <= set(pids)
+    assert (chosen == product_sample(catalogue, 7, seed=3)).all()  # seeded
+
+    image_ids = item_ids.encode(np.repeat(pids, 2), np.tile([0, 1], 30))
+    vectors = np.random.default_rng(0).random((60, 8), dtype=np.float32)
+    store = SimpleNamespace(item_ids=image_ids, vectors=vectors, made_by={})
+    ws = SimpleNamespace(vectors=lambda *a, **kw: store)
+    v = embed(ws, catalogue, None, parse_method("onnx-180/exact"), products=chosen)
+    assert sorted(v.product_ids) == sorted(chosen)
+    assert len(v.image_ids) == 14
+    rows = np.flatnonzero(np.isin(image_ids, v.image_ids))
+    assert np.allclose(v.image_vectors, vectors[rows])

@@ -6,7 +6,9 @@ search for small stores (style vectors, a few 10k items): no training, no knobs 
     index = ExactIndex.build(vectors, ids)     # stores unit vectors, float32 [n, d]
     ids, scores = index.search(queries, k=10)  # scores = cosine similarity
 
-`cosine_top_k` is the same search on bare arrays (row numbers instead of product ids).
+`cosine_top_k` is the same search on bare arrays (row numbers instead of product ids);
+`streamed_top_k` reads the items block by block instead (a memory-mapped store of any size:
+the ground truth of a sample of queries at full scale, without a copy of every vector).
 Imports numpy and the index layer (local, protocol, chunks); never models.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.index.chunks import UnitChunks
+from helpers.index.chunks import CHUNK_ROWS, UnitChunks
 from helpers.index.local import LocalIndex
 from helpers.index.protocol import Knobs, SearchResult, as_unit_vectors, check_k
 
@@ -42,6 +44,40 @@ def cosine_top_k(
         queries = as_unit_vectors(queries, vectors.shape[1], "queries")
     k = check_k(k, vectors.shape[0])
     return _top_k_blocks(queries, vectors, k, block_mib)
+
+
+def streamed_top_k(
+    queries: np.ndarray,
+    vectors: Any,
+    k: int,
+    *,
+    exclude_rows: np.ndarray | None = None,
+    rows: int = CHUNK_ROWS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`cosine_top_k` over `vectors` read `rows` at a time (ndarray, memmap, sharded store):
+    RAM holds one block of items and the running top k, never the whole matrix.
+
+    exclude_rows: one row per query never returned for it (the query's own row: -1 for
+    none). Returns (rows int64 [nq, k], scores float32 [nq, k]), best first.
+    """
+    chunks = UnitChunks(vectors, rows)
+    q = as_unit_vectors(queries, chunks.dim, "queries")
+    k = check_k(k, chunks.n - (0 if exclude_rows is None else 1))
+    best_rows = np.full((q.shape[0], 0), -1, np.int64)
+    best = np.full((q.shape[0], 0), -np.inf, np.float32)
+    own = None if exclude_rows is None else np.asarray(exclude_rows, np.int64).reshape(-1)
+    for start, block in chunks:
+        sim = q @ block.T
+        if own is not None:
+            hit = np.flatnonzero((own >= start) & (own < start + len(block)))
+            sim[hit, own[hit] - start] = -np.inf
+        top, scores = _top_k(sim, min(k, sim.shape[1]))
+        # Merge with the running best: 2k candidates per query, keep k.
+        cand = np.concatenate([best_rows, top + start], axis=1)
+        cand_s = np.concatenate([best, scores], axis=1)
+        keep, best = _top_k(cand_s, min(k, cand.shape[1]))
+        best_rows = np.take_along_axis(cand, keep, axis=1)
+    return best_rows, best
 
 
 def _top_k_blocks(

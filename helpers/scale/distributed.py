@@ -306,33 +306,52 @@ def embed_catalogue(
         raise ValueError(f"extractor must be 'onnx' or a callable, not {extractor!r}")
     if not (catalogue_dir / cat.META).exists():
         cat.load_catalogue(catalogue_dir)  # raises the usual "no finished catalogue" error
-    # Two columns only: 7 M rows of ids and offsets are ~110 MB on the client.
-    df = pd.read_parquet(catalogue_dir / cat.CATALOGUE, columns=["product_id", "offset"])
-    fingerprint = catalogue_fingerprint(df)
-    size = bson_path.stat().st_size
-    n = max(workers or 1, math.ceil(size / partition_bytes))
-    ranges = shard_ranges(size, n)
-    counts = np.bincount(np.searchsorted([b for _, b in ranges], df["offset"].to_numpy(),
-                                         side="right"), minlength=n)
-    settings = {"catalogue_sha256": fingerprint, "catalogue_rows": len(df),
-                "source": str(bson_path.resolve()), "image_size": image_size, "level": level,
-                "ranges": [list(r) for r in ranges]}
+    settings, counts = shard_plan(catalogue_dir, bson_path, image_size, level, workers,
+                                  partition_bytes)
+    ranges = [tuple(r) for r in settings["ranges"]]
     _embed_plan(out_dir, settings, report)
     jobs = [(str(catalogue_dir / cat.CATALOGUE), str(bson_path), factory,
              str(out_dir / SHARDS / f"part-{i:05d}"), a, b, image_size, level, batch_size,
              decode_threads) for i, (a, b) in enumerate(ranges) if counts[i]]
-    report(f"embedding: {len(df):,} catalogue rows in {len(jobs)} shards -> {out_dir}")
+    report(f"embedding: {settings['catalogue_rows']:,} catalogue rows in {len(jobs)} shards"
+           f" -> {out_dir}")
     t0 = time.perf_counter()
     with dask_client(scheduler, workers, memory_limit, processes, report) as client:
         metas = _run(client, _embed_task, jobs, "embed-range", progress)
-    made_by = {**metas[0]["made_by"], "catalogue_rows": len(df),
-               "catalogue_sha256": fingerprint} if metas else {}
+    made_by = {**metas[0]["made_by"], "catalogue_rows": settings["catalogue_rows"],
+               "catalogue_sha256": settings["catalogue_sha256"]} if metas else {}
     shards = [{"path": str(Path(job[3]).relative_to(out_dir)), "count": m["count"],
                "range": [job[4], job[5]]} for job, m in zip(jobs, metas, strict=True)]
     totals = {k: sum(m.get(k, 0) for m in metas) for k in ("images", "failed_images")}
     write_manifest(out_dir, dim=metas[0]["dim"] if metas else 0, made_by=made_by,
                    shards=shards, seconds=round(time.perf_counter() - t0, 2), **totals)
     return ShardedVectorStore(out_dir)
+
+
+def shard_plan(catalogue_dir: str | os.PathLike, bson_path: str | os.PathLike,
+               image_size: int, level: str, workers: int | None = None,
+               partition_bytes: int = PARTITION_BYTES) -> tuple[dict, np.ndarray]:
+    """The settings of an embedding run (catalogue, source, size, level, byte ranges) and
+    the catalogue rows in each range: what `embed_catalogue` runs, one shard per range."""
+    catalogue_dir, bson_path = Path(catalogue_dir), Path(bson_path)
+    # Two columns only: 7 M rows of ids and offsets are ~110 MB on the client.
+    df = pd.read_parquet(catalogue_dir / cat.CATALOGUE, columns=["product_id", "offset"])
+    size = bson_path.stat().st_size
+    n = max(workers or 1, math.ceil(size / partition_bytes))
+    ranges = shard_ranges(size, n)
+    counts = np.bincount(np.searchsorted([b for _, b in ranges], df["offset"].to_numpy(),
+                                         side="right"), minlength=n)
+    settings = {"catalogue_sha256": catalogue_fingerprint(df), "catalogue_rows": len(df),
+                "source": str(bson_path.resolve()), "image_size": image_size, "level": level,
+                "ranges": [list(r) for r in ranges]}
+    return settings, counts
+
+
+def shard_rows(catalogue_path: str | os.PathLike, start: int, end: int) -> pd.DataFrame:
+    """The catalogue rows of the byte range [start, end), in catalogue order."""
+    rows = pq.read_table(catalogue_path, filters=[("offset", ">=", start),
+                                                  ("offset", "<", end)]).to_pandas()
+    return rows.sort_values("offset", kind="stable", ignore_index=True)
 
 
 def _embed_plan(out_dir: Path, settings: dict, report: Report) -> None:
@@ -354,10 +373,8 @@ def _embed_task(catalogue_path: str, bson_path: str, factory: Callable[[], Any],
                 shard: str, start: int, end: int, image_size: int, level: str,
                 batch_size: int, decode_threads: int) -> dict:
     """One shard on a worker: its catalogue rows (a Parquet range read) -> vector store."""
-    rows = pq.read_table(catalogue_path, filters=[("offset", ">=", start),
-                                                  ("offset", "<", end)]).to_pandas()
-    rows = rows.sort_values("offset", kind="stable", ignore_index=True)  # catalogue order
-    store = embed_rows(ParquetCatalogue(rows), bson_path, _worker_extractor(factory), shard,
+    rows = ParquetCatalogue(shard_rows(catalogue_path, start, end))
+    store = embed_rows(rows, bson_path, _worker_extractor(factory), shard,
                        image_size=image_size, level=level, batch_size=batch_size,
                        decode_threads=decode_threads, rebuild_stale=True, progress=False)
     return dict(store.meta)

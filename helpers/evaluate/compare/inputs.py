@@ -66,15 +66,29 @@ def load_embedder(model: str) -> Any:
                       f"({', '.join(models.RUNTIMES)}) or NETS ({', '.join(models.NETS)})")
 
 
-def embed(ws: Any, catalogue: Catalogue, images: Any, method: Method, **kw: Any) -> Vectors:
+def embed(ws: Any, catalogue: Catalogue, images: Any, method: Method, *,
+          products: np.ndarray | None = None, **kw: Any) -> Vectors:
     """The embedding's vectors of the run (built once by the workspace, then reused).
 
-    images: the pictures (``ws.images(bson_path)``, an ImageSource, or the BSON path)."""
+    images: the pictures (``ws.images(bson_path)``, an ImageSource, or the BSON path).
+    products: only the pictures of these products (a sample of a large catalogue: only
+    their rows of the memory-mapped store are read)."""
     extractor = load_embedder(method.model)
     store = ws.vectors(catalogue, images, extractor, image_size=method.image_size,
                        level="image", **kw)
-    return Vectors.from_pictures(method.embedding, store.item_ids, store.vectors,
-                                 store.made_by)
+    ids, vectors = store.item_ids, store.vectors
+    if products is not None:
+        rows = np.flatnonzero(np.isin(item_ids.decode(ids, "image")[0], products))
+        ids, vectors = ids[rows], vectors[rows]
+    return Vectors.from_pictures(method.embedding, ids, vectors, store.made_by)
+
+
+def product_sample(catalogue: Catalogue, n: int | None, seed: int = 0) -> np.ndarray | None:
+    """A seeded sample of ``n`` product ids, or None (every product) when there are no
+    more than ``n``: what a comparison of a catalogue too large to index whole runs on."""
+    if n is None or len(catalogue) <= n:
+        return None
+    return sample(np.asarray(catalogue.ids(), np.int64), n, np.random.default_rng(seed))
 
 
 def category_frame(catalogue: Catalogue, product_ids: np.ndarray) -> pd.DataFrame:

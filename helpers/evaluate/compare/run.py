@@ -25,6 +25,7 @@ from helpers.evaluate.compare.inputs import (
     Vectors,
     category_frame,
     embed,
+    product_sample,
     queries,
 )
 from helpers.evaluate.compare.measure import measure
@@ -88,6 +89,7 @@ def compare(
     seed: int = 0,
     measure_memory: bool = True,
     embed_kw: Mapping[str, Any] | None = None,
+    max_products: int | None = None,
     vectors_of: Callable[[Method], Vectors] | None = None,
     say: Callable[[str], None] = print,
 ) -> Comparison:
@@ -96,12 +98,19 @@ def compare(
     catalogue: a ``helpers.catalogue.protocol.Catalogue`` (the products' categories).
     ks: cut-offs of category precision (the largest is also recall@k's). n_queries: at
     most this many query products, and query pictures (a seeded sample when there are
-    more). n_latency: queries timed one at a time. vectors_of: method -> Vectors (default:
+    more). max_products: above this many products, compare on a seeded sample of them
+    (a full catalogue's vectors cannot all be indexed in RAM by every method).
+    n_latency: queries timed one at a time. vectors_of: method -> Vectors (default:
     `inputs.embed` through the workspace, from ``images``). say: where progress lines go.
     """
     if vectors_of is None:
+        products = product_sample(catalogue, max_products, seed)
+        if products is not None:
+            say(f"{len(catalogue):,} products, more than max_products: compared on a seeded "
+                f"sample of {len(products):,} of them (every index is built on the sample)")
+
         def vectors_of(m: Method) -> Vectors:
-            return embed(ws, catalogue, images, m, **(embed_kw or {}))
+            return embed(ws, catalogue, images, m, products=products, **(embed_kw or {}))
 
     parsed = [parse_method(m) for m in methods]
     k = max(ks)
@@ -148,7 +157,7 @@ def compare(
 
     table = pd.DataFrame(rows)
     settings = {"cpu": str(cpu_info()), "methods": list(methods), "ks": list(ks), "k": k,
-                "n_queries": n_queries,
+                "n_queries": n_queries, "max_products": max_products,
                 "seed": seed, "images": str(getattr(images, "path", images)),
                 "n_products": int(len(cats)) if cats is not None else 0,
                 "n_pictures": int(max((len(v.image_ids) for v in vecs.values()
