@@ -38,6 +38,11 @@ from helpers.vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
 KINDS = ("catalogue", "vectors", "index")
+RUN_SETTINGS = "run.json"  # the settings of the run's catalogue, shared by its notebooks
+
+
+class RunSettingsError(ValueError):
+    """A notebook asked for a catalogue made with other settings than its run's."""
 
 
 class Workspace:
@@ -46,10 +51,35 @@ class Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def catalogue_dir(self, bson_path: str | os.PathLike,
-                      categories: str | os.PathLike | None = None, **params: Any) -> Path:
-        """The folder of the catalogue of ``bson_path`` made with these parameters."""
+                      categories: str | os.PathLike | None = None, *, claim: bool = False,
+                      **params: Any) -> Path:
+        """The folder of the catalogue of ``bson_path`` made with these parameters.
+
+        claim: this is the run's catalogue (what the notebooks ask for). The first claim
+        records its settings in ``run.json``; a later one with other settings (a notebook
+        given another ``limit`` or ``skip`` than 01 was) is refused, naming the difference,
+        rather than quietly building a second catalogue that the run's other notebooks
+        never see.
+        """
         settings = cat.catalogue_settings(bson_path, categories, **params)
+        if claim:
+            self._claim_run(settings)
         return self.root / "catalogue" / f"{Path(bson_path).stem}-{artifacts.content_id(settings)}"
+
+    def _claim_run(self, settings: dict[str, Any]) -> None:
+        path = self.root / RUN_SETTINGS
+        want = {"source": settings["source"]["path"], **settings["params"]}
+        if not path.exists():
+            artifacts.write_json(path, {"catalogue": want})
+            return
+        have = artifacts.read_json(path).get("catalogue", {})
+        diff = artifacts.settings_diff(have, want, sorted(set(have) | set(want)))
+        if diff:
+            raise RunSettingsError(
+                f"{self.root} is a run whose catalogue was made with other settings ("
+                + artifacts.describe_diff(diff, "run", "asked") + "): give this notebook the "
+                "run's parameters (run_all.py passes them to every notebook), or another "
+                f"work_dir; or delete {path} to let this run's catalogue change")
 
     def vectors_dir(self, extractor_meta: dict[str, Any], image_size: int, level: str,
                     catalogue: Catalogue) -> Path:
@@ -71,7 +101,7 @@ class Workspace:
         """The run's catalogue: built on first use, then reused."""
         progress = kw.pop("progress", False)
         workers = kw.pop("workers", 1)
-        folder = self.catalogue_dir(bson_path, categories, limit=limit, **kw)
+        folder = self.catalogue_dir(bson_path, categories, claim=True, limit=limit, **kw)
         summary = cat.build_catalogue(bson_path, folder, categories, limit=limit,
                                       progress=progress, workers=workers, **kw)
         cat.require_products(summary)  # an empty dump: one plain error, in every notebook

@@ -206,15 +206,35 @@ def test_runs_with_other_settings_never_share_a_folder(tmp_path, sample_bson,
                                                        sample_categories):
     ws = Workspace(tmp_path)
     a = ws.catalogue(sample_bson, sample_categories, limit=20)
-    b = ws.catalogue(sample_bson, sample_categories, limit=30)
-    assert len(a) == 20 and len(b) == 30  # both kept, neither overwritten
     assert ws.catalogue_dir(sample_bson, sample_categories, limit=20) != \
         ws.catalogue_dir(sample_bson, sample_categories, limit=30)
-    assert len(ws.find("catalogue")) == 2
+    b = Workspace(tmp_path / "other").catalogue(sample_bson, sample_categories, limit=30)
+    assert len(a) == 20 and len(b) == 30
     assert len(ws.catalogue(sample_bson, sample_categories, limit=20)) == 20  # reused
+    assert len(ws.find("catalogue")) == 1
     meta = {"model": "m", "backend": "onnx"}
     assert ws.vectors_dir(meta, 224, "product", a) != ws.vectors_dir(meta, 224, "product", b)
     assert ws.vectors_dir(meta, 224, "product", a) != ws.vectors_dir(meta, 180, "product", a)
     assert ws.vectors_dir(meta, 224, "product", a) != ws.vectors_dir(meta, 224, "image", a)
     assert ws.vectors_dir(meta, 224, "product", a) != \
         ws.vectors_dir({**meta, "backend": "tf"}, 224, "product", a)
+
+
+def test_a_notebook_with_other_settings_than_its_run_is_refused(tmp_path, sample_bson,
+                                                                 sample_categories):
+    """One run configuration: the run's first catalogue sets it (run.json); a notebook
+    given another skip or limit is refused, naming the difference, instead of building a
+    second catalogue that the run's other notebooks never see."""
+    from helpers.workspace import RunSettingsError
+
+    ws = Workspace(tmp_path)
+    folder = ws.catalogue_dir(sample_bson, sample_categories, claim=True, skip=5, limit=20)
+    assert (tmp_path / "run.json").exists()
+    with pytest.raises(RunSettingsError, match=r"skip: run 5, asked 0.*limit|limit.*skip"):
+        ws.catalogue(sample_bson, sample_categories, limit=30)
+    with pytest.raises(RunSettingsError, match="verify_images: run 'magic', asked 'decode'"):
+        ws.catalogue(sample_bson, sample_categories, skip=5, limit=20, verify_images="decode")
+    assert not folder.exists() and len(ws.find("catalogue")) == 0  # nothing was built
+    got = ws.catalogue(sample_bson, sample_categories, skip=5, limit=20)  # the run's: fine
+    assert len(got) == 20 and ws.catalogue_dir(sample_bson, sample_categories, skip=5,
+                                               limit=20) == folder
