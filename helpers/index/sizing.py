@@ -43,13 +43,14 @@ def plan_index(n: int, d: int, factory: str = "HNSW32",
                compressed_above: int = COMPRESSED_ABOVE) -> IndexPlan:
     """The index to build over ``n`` vectors of ``d`` floats, and why."""
     gb = n * d * 4 / 1e9
+    size = f"{gb:.1f} GB" if gb >= 1 else f"{gb * 1e3:.1f} MB"
     if n <= compressed_above:
         return IndexPlan("faiss", {"factory": factory},
-                         f"{n:,} vectors x {d} floats = {gb:.2f} GB: they fit in RAM, so "
+                         f"{n:,} vectors x {d} floats = {size}: they fit in RAM, so "
                          f"FAISS {factory} (up to {compressed_above:,} vectors)")
     nlist = ivf_lists(n)
     return IndexPlan("faiss_compressed", {"nlist": nlist},
-                     f"{n:,} vectors x {d} floats = {gb:.1f} GB, above {compressed_above:,}"
+                     f"{n:,} vectors x {d} floats = {size}, above {compressed_above:,}"
                      f" vectors: the compressed index (faiss_compressed, IVF{nlist} + PQ "
                      "codes, re-ranked with the exact vectors read from the memory-mapped "
                      "store) instead of " + factory)
