@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 
 import nbformat
 import papermill as pm
@@ -11,7 +12,9 @@ import pytest
 from run_all import NOTEBOOKS
 
 BOOKS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-COMMON = {"bson_path", "categories_path", "work_dir", "interactive"}
+# Every notebook takes the run's data and catalogue settings (run_all passes them to all).
+COMMON = {"bson_path", "categories_path", "work_dir", "interactive", "skip", "limit",
+          "verify_images"}
 
 
 def test_the_core_notebooks_exist():
@@ -32,3 +35,15 @@ def test_notebook_is_clean_and_parameterized(path):
     # papermill silently drops a parameter it cannot parse (e.g. '=' in a comment)
     assert set(pm.inspect_notebook(str(path))) == assigned
     assert COMMON <= assigned
+
+
+@pytest.mark.parametrize("path", BOOKS, ids=[b.stem for b in BOOKS])
+def test_notebook_ends_with_exercises(path):
+    """3 to 5 exercises, as d2l's chapters end: each says what to change and what a good
+    answer shows."""
+    last = nbformat.read(path, 4).cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## Exercises")
+    items = re.split(r"\n(?=\d\. )", last.source)[1:]
+    assert 3 <= len(items) <= 5, items
+    for n, item in enumerate(items, 1):
+        assert item.startswith(f"{n}. **") and "A good answer" in item, item
