@@ -24,7 +24,8 @@ install: $(STAMP)
 system:
 	bash scripts/install_system.sh
 
-demo: install
+# All six notebooks; 05/06 search a local Elasticsearch node the run starts (needs `system`).
+demo: install system
 	$(PY) run_all.py --sample
 
 test: install system

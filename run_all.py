@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import papermill as pm
 from jupyter_client import AsyncKernelManager
@@ -38,6 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # A notebook failing with one of these has no data to work on: the ones after it would fail
 # the same way, so they are reported as skipped with its message.
 NO_DATA_ERRORS = {"NoProductsError"}
+ES_NOTEBOOKS = {"05", "06"}  # the notebooks that search with Elasticsearch
 
 
 class IpcKernelManager(AsyncKernelManager):
@@ -116,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     print(f"run '{name}': {bson_path.name} -> {run_dir}")
     no_data = ""
-    with tempfile.TemporaryDirectory(prefix="vps-kernels-") as sockets:
+    node = local_elasticsearch(books, extra, args.no_es)
+    with tempfile.TemporaryDirectory(prefix="vps-kernels-") as sockets, node_stopped(node):
         IpcKernelManager.socket_dir = sockets
         for nb in books:
             declared = set(pm.inspect_notebook(str(nb)))
@@ -127,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
             status, note = "ok", ""
             if no_data:
                 status, note = "skipped", no_data
+            elif node is not None and (why := node_ready(node, nb)):
+                status, note = "skipped", why
             else:
                 try:
                     pm.execute_notebook(str(nb), str(out), parameters=params,
@@ -154,6 +161,58 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def local_elasticsearch(books: list[Path], extra: dict, disabled: bool) -> Any:
+    """A local node for the notebooks that use one (05, 06) when the run names none
+    (``-p es_url``, $ELASTICSEARCH_URL): started now, in the background, so that it boots
+    while 01-04 run, as the tests start theirs. None if no notebook needs it."""
+    if disabled or "es_url" in extra or os.environ.get("ELASTICSEARCH_URL") \
+            or not any(nb.stem[:2] in ES_NOTEBOOKS for nb in books):
+        return None
+    from helpers.core.errors import ServiceUnavailable
+    from helpers.services.elasticsearch import start_elasticsearch
+
+    print("starting a local Elasticsearch node for 05/06 (in the background; --no-es: none)",
+          flush=True)
+    try:
+        node = start_elasticsearch(wait=False)
+    except (ServiceUnavailable, OSError) as exc:  # no Java, no Maven: 05 says so, skipped
+        print(f"  no local Elasticsearch node: {str(exc).splitlines()[0]}", flush=True)
+        return None
+    os.environ["ELASTICSEARCH_URL"] = node.url  # the kernels inherit it
+    return node
+
+
+def node_ready(node: Any, nb: Path) -> str:
+    """Wait for the node before a notebook that uses it; the reason it is not up, or ""."""
+    if nb.stem[:2] not in ES_NOTEBOOKS or node.start_seconds:  # not needed, or up already
+        return ""
+    from helpers.core.errors import ServiceUnavailable
+    from helpers.services.elasticsearch import wait_for_elasticsearch
+
+    try:
+        wait_for_elasticsearch(node)
+    except ServiceUnavailable as exc:
+        return f"the local Elasticsearch node did not start: {str(exc).splitlines()[0]}"[:200]
+    print(f"  Elasticsearch node up at {node.url} in {node.start_seconds:.0f} s", flush=True)
+    return ""
+
+
+@contextlib.contextmanager
+def node_stopped(node: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if node is not None:
+            from helpers.core.errors import ServiceUnavailable
+            from helpers.services.elasticsearch import wait_for_elasticsearch
+
+            if not node.start_seconds:
+                with contextlib.suppress(ServiceUnavailable):  # a failed start cleans up
+                    wait_for_elasticsearch(node)  # learns the node's pid, to stop it
+            node.cleanup()  # stops the node, removes its data
+            os.environ.pop("ELASTICSEARCH_URL", None)
+
+
 def write_summary(run_dir: Path, name: str, common: dict, extra: dict, rows: list) -> None:
     (run_dir / "summary.json").write_text(
         json.dumps({"name": name, "parameters": {**common, **extra}, "notebooks": rows},
@@ -178,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", help="run name (default: sample, or the BSON file's stem)")
     ap.add_argument("--out", type=Path, help=f"runs folder (default {RUNS_DIR})")
     ap.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
+    ap.add_argument("--no-es", action="store_true",
+                    help="do not start a local Elasticsearch node for 05/06 (they are then "
+                         "skipped unless ELASTICSEARCH_URL or -p es_url names one)")
     return run(ap.parse_args(argv))
 
 

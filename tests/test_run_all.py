@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -123,3 +124,23 @@ def test_kernels_draw_inline_even_if_the_caller_set_agg(tmp_path, monkeypatch):
     assert run_all.main(["--out", str(tmp_path / "runs"), "--name", "t"]) == 0
     _, pngs = _outputs(tmp_path / "runs" / "t" / "01_plot.ipynb")
     assert pngs == 1
+
+
+@pytest.mark.slow
+def test_the_run_starts_its_own_elasticsearch_node_for_05(tmp_path, monkeypatch):
+    """No ELASTICSEARCH_URL and no es_url: run_all starts a local node for 05 (as make demo
+    does), 05 runs against it (ok, not skipped), and the node is stopped afterwards."""
+    import urllib.request
+
+    monkeypatch.delenv("ELASTICSEARCH_URL", raising=False)
+    rc = run_all.main(["--sample", "--only", "05", "--out", str(tmp_path), "--name", "es",
+                       "-p", "limit", "120", "-p", "image_size", "96"])
+    summary = json.loads((tmp_path / "es" / "summary.json").read_text())
+    assert rc == 0, summary
+    assert [r["status"] for r in summary["notebooks"]] == ["ok"], summary
+    text, _ = _outputs(tmp_path / "es" / "05_elasticsearch.ipynb")
+    url = text.split("Elasticsearch at ", 1)[1].split()[0]
+    assert url.startswith("http://127.0.0.1:")
+    with pytest.raises(OSError):  # stopped with the run
+        urllib.request.urlopen(url, timeout=3)
+    assert "ELASTICSEARCH_URL" not in os.environ
