@@ -48,16 +48,30 @@ DEFAULT_METHODS = (
 SAME_AS_ONNX = {"onnx", "tf"}
 
 
-def default_methods() -> list[str]:
+def default_methods(ws: Any = None, catalogue: Catalogue | None = None) -> list[str]:
     """DEFAULT_METHODS, plus exact search on every extra runtime in ``helpers.models.RUNTIMES``
     (MobileNetV2, e.g. "openvino-224/exact") and every other network in ``NETS`` (on onnx,
-    e.g. "efficientnet_lite2-224/exact"), at 224 and 180 px."""
+    e.g. "efficientnet_lite2-224/exact"), at 224 and 180 px.
+
+    ws, catalogue: a run's workspace and catalogue: the extras are then only those the run
+    has vectors of (at either level), so that 06 compares what the run made and embeds
+    only what the defaults need; name others in ``methods`` to add them."""
     from helpers import models
 
     names = [r for r in models.RUNTIMES if r not in SAME_AS_ONNX]
     names += [n for n in models.NETS if n != "mobilenet_v2"]
-    extra = [f"{b}-{size}/exact" for b in names for size in (224, 180)]
-    return [*DEFAULT_METHODS, *extra]
+    extra = [(b, size) for b in names for size in (224, 180)]
+    if ws is not None:
+        fp = catalogue.fingerprint if catalogue is not None else None
+        have = {_embedding_of(s.made_by) for s in ws.stores(catalogue=fp)}
+        extra = [(b, size) for b, size in extra if (b, size) in have]
+    return [*DEFAULT_METHODS, *(f"{b}-{size}/exact" for b, size in extra)]
+
+
+def _embedding_of(made_by: Mapping[str, Any]) -> tuple[str, int]:
+    """(runtime or network, image size) of a store, as a method's embedding names it."""
+    model, runtime = made_by.get("model", ""), made_by.get("runtime", "")
+    return (runtime if model == "mobilenet_v2" else model), int(made_by.get("image_size", 0))
 
 
 OUR_PACKAGES = {"helpers", "apps"}
