@@ -34,6 +34,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -148,28 +149,51 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="03's compressed_above (default: the notebook's)")
     ap.add_argument("--serve-seconds", type=float, default=10.0)
     ap.add_argument("--json", type=Path, help="write the stage table here")
+    ap.add_argument("--until", choices=["embed", "03", "serve"],
+                    help="stop after this stage (a rerun goes on from there)")
+    ap.add_argument("--fresh", action="store_true", help="run every stage again")
     args = ap.parse_args(argv)
     out = args.out or DATA / f"rehearsal-{args.pictures}"
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
     print("CPU:", cpu_info(), flush=True)
 
+    # Finished stages are kept with their figures (stages.json): a rerun (after a fix in
+    # 03 or the app) does not scan and simulate a 1 M-picture dump again.
+    record = out / "stages.json"
+    done = json.loads(record.read_text()) if record.exists() and not args.fresh else {}
     stages: dict[str, dict] = {}
-    t = time.perf_counter()
-    dump = make_bson(out / "dump.bson", n_pictures=args.pictures)
-    stages["dump"] = {"wall_s": round(time.perf_counter() - t, 1),
-                      "size_gb": round(dump.stat().st_size / 1e9, 2)}
+
+    def stage(name: str, fn: Callable[[], dict], keep: bool = True) -> None:
+        if keep and name in done:
+            print(f"{name}: done before, figures as recorded", flush=True)
+            stages[name] = done[name]
+        else:
+            stages[name] = fn()
+        record.write_text(json.dumps({k: v for k, v in stages.items()}, indent=2))
+
+    dump = out / "dump.bson"
+    stage("dump", lambda: _dump(dump, args.pictures))
     common = {"scheduler": "local", "workers": 2}
     nb03 = {**common, "image_size": 180, "level": "image"}
     if args.compressed_above is not None:
         nb03["compressed_above"] = args.compressed_above
-    stages["01"] = run_all(dump, runs, "01", common, out / "01.log")
+    stage("01", lambda: run_all(dump, runs, "01", common, out / "01.log"))
     art = runs / dump.stem / "artifacts"
     if args.simulate_vectors:
-        stages["embed"] = _simulated(art, dump, nb03)
-    stages["03"] = run_all(dump, runs, "01,03", nb03, out / "03.log")
-    stages["serve"] = serve(art, args.serve_seconds, out / "serve.log")
+        stage("embed", lambda: _simulated(art, dump, nb03))
+    if args.until in (None, "03", "serve"):
+        stage("03", lambda: run_all(dump, runs, "01,03", nb03, out / "03.log"), keep=False)
+    if args.until in (None, "serve"):
+        stage("serve", lambda: serve(art, args.serve_seconds, out / "serve.log"), keep=False)
     return report(stages, art, args)
+
+
+def _dump(dump: Path, pictures: int) -> dict:
+    t = time.perf_counter()
+    make_bson(dump, n_pictures=pictures)
+    return {"wall_s": round(time.perf_counter() - t, 1),
+            "size_gb": round(dump.stat().st_size / 1e9, 2)}
 
 
 def _simulated(art: Path, dump: Path, nb03: dict) -> dict:
@@ -213,18 +237,19 @@ def report(stages: dict, art: Path, args: argparse.Namespace) -> list[dict]:
             rows.append(row(f"rehearsal {name}, {pictures:,} pictures: peak RSS of the "
                             "process tree", s["peak_rss_gb"], unit="GB",
                             higher_is_better=False))
-    sv = stages["serve"]
-    print(f"serve: {sv['requests']:,} requests, {sv['errors']} errors, p99 {sv['p99_ms']} ms; "
-          f"{sv['workers']} workers, largest RSS {sv['worker_rss_gb']} GB, "
-          f"PSS {sv['worker_pss_gb']} GB")
-    rows += [row(f"rehearsal serve, {pictures:,} pictures: errors under load", sv["errors"],
-                 0, unit="", higher_is_better=False),
-             row(f"rehearsal serve, {pictures:,} pictures: PSS per gunicorn worker",
-                 sv["worker_pss_gb"], 1.0, unit="GB", higher_is_better=False)]
     for folder in sorted((art / "index").glob("faiss-*")):
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         print(f"index {folder.name}: {size / 1e9:.2f} GB on disk, {size / pictures:.0f} B a "
               f"picture: {size / pictures * FULL_PICTURES / 1e9:.1f} GB at 12.4 M")
+    sv = stages.get("serve")
+    if sv is not None:
+        print(f"serve: {sv['requests']:,} requests, {sv['errors']} errors, p99 {sv['p99_ms']} ms; "
+              f"{sv['workers']} workers, largest RSS {sv['worker_rss_gb']} GB, "
+              f"PSS {sv['worker_pss_gb']} GB")
+        rows += [row(f"rehearsal serve, {pictures:,} pictures: errors under load", sv["errors"],
+                     0, unit="", higher_is_better=False),
+                 row(f"rehearsal serve, {pictures:,} pictures: PSS per gunicorn worker",
+                     sv["worker_pss_gb"], 1.0, unit="GB", higher_is_better=False)]
     if args.json:
         args.json.write_text(json.dumps({"stages": stages, "cpu": cpu_info()}, indent=2))
     return rows
