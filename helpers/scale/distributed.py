@@ -10,20 +10,23 @@
 
 The file is cut into document-aligned byte ranges (``bson_store.partition_offsets``,
 about ``PARTITION_BYTES`` each: ~110 for the 58 GB train.bson). Each range is one Dask
-task that writes its own shard:
+task that writes its own shard, with the single-machine code, so the same limits and
+rejects apply:
 
-- catalogue: ``_work/range-NNN/`` part files (rows, rejects) and a checkpoint, written by
-  the same ``helpers.ingest.checkpoint.scan_range`` the single-machine build runs; a final
-  step (``helpers.ingest.scan._finalize``) merges them into the usual ``catalogue.parquet``,
-  ``rejects.csv`` and ``catalogue.json``, so every later step (and ``build_catalogue``'s
-  "reuse a finished catalogue") works unchanged;
-- vectors: ``shards/part-NNNNN/``, a ``helpers.vectors.store`` store of the catalogue rows whose
-  document starts in the range (its own ``rejects.csv``); the merge writes ``shards.json``,
-  the manifest ``helpers.vectors.sharded.ShardedVectorStore`` reads as one memory-mapped matrix.
+- catalogue: ``helpers.ingest.scan.build_catalogue`` itself, its byte ranges run as Dask
+  tasks (``checkpoint.scan_range`` into ``_work/range-NN/`` part files and a checkpoint):
+  the same checks, limits (skip, limit, verify_images, max_doc_bytes, max_image_side),
+  rejects, resume and ``catalogue.parquet`` / ``rejects.csv`` / ``catalogue.json``;
+- vectors: ``shards/part-NNNNN/``, a ``helpers.vectors.embed.embed_catalogue`` store of the
+  catalogue rows whose document starts in the range (undecodable pictures in its own
+  ``rejects.csv``); the merge joins those into the store's ``rejects.csv`` and writes
+  ``shards.json``, which ``helpers.vectors.sharded.ShardedVectorStore`` reads as one
+  memory-mapped matrix.
 
-A re-run skips finished shards and resumes unfinished ones from their last checkpoint,
-so a crash, a Ctrl-C or a killed worker (Dask reschedules its task on another worker)
-costs at most one checkpoint of work per range.
+A killed worker's tasks are rerun by Dask on a live worker: an unfinished range resumes
+from its last checkpoint (a shard from its last stored batch), a finished one is returned
+as it is; a re-run of the whole call does the same. At most one checkpoint of work per
+range is lost, and the result is the uninterrupted run's, bit for bit.
 
 Cluster: ``scheduler=None`` or ``"local"`` starts a ``LocalCluster`` of ``workers``
 processes, one thread each, ``memory_limit`` each (default 2 GiB: a catalogue task holds
