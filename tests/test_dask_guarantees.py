@@ -11,7 +11,9 @@
   SIGKILLed. Dask reruns the task on a live worker, it resumes from the shard's last
   stored batch, and the store equals an uninterrupted run's bit for bit.
 
-Clusters are small (2 workers, one thread each); about 40 s on 2 shared cores.
+Clusters are small (2 workers, one thread each), pictures 32 px: about 50 CPU-seconds in
+all, most of them the kill test's three worker processes loading the model (104 s wall
+on 2 cores at load 15).
 """
 
 from __future__ import annotations

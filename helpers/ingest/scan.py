@@ -12,8 +12,9 @@ One streaming pass writes, under ``out_dir``:
 The pass checkpoints every ``checkpoint_every`` documents to ``out_dir/_work``;
 a killed run called again resumes there and ends with the same catalogue.
 
-Holds `build_catalogue` (one process per byte range, then the ranges joined: duplicate
-ids, first wins, and the category names), its parameters and summary, and the readers
+Holds `build_catalogue` (one process per byte range -- or one Dask task, through a
+`checkpoint.RangeScanner` -- then the ranges joined: duplicate ids, first wins, and the
+category names), its parameters and summary, and the readers
 of what it wrote (`load_catalogue`, `load_meta`, `load_rejects`). It is built from
 `helpers.ingest.products` (per-document checks, reject reasons), `helpers.ingest.checkpoint`
 (plan, ranges scanned resumably into part files), `helpers.ingest.categories`,

@@ -282,10 +282,8 @@ def embed_catalogue(
     factory = onnx_extractor() if extractor == "onnx" else extractor
     if not callable(factory):
         raise ValueError(f"extractor must be 'onnx' or a callable, not {extractor!r}")
-    taken = sorted({"rebuild_stale", "progress"} & options.keys())
-    if taken:
-        raise TypeError(f"{taken} are set by the Dask run: stale shards are moved aside, "
-                        "progress is Dask's (progress=...)")
+    # rebuild_stale: the shards of a run of other settings are moved aside as a whole
+    # (_embed_plan); one passed in here is a TypeError ("multiple values").
     opts = embed_options(**{"decode_threads": 1, **options}, rebuild_stale=True,
                          progress=False)
     if not (catalogue_dir / cat.META).exists():
