@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import bson
 import numpy as np
 import pytest
 
 from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES
+from helpers.ingest import bson_store
+
+# Passes the catalogue's marker check but is no JPEG: the embedding rejects it.
+FAKE_JPEG = b"\xff\xd8" + bytes(range(256)) * 2 + b"\xff\xd9"
 
 # Keep TensorFlow quiet and on the CPU in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -68,6 +73,22 @@ def cdiscount_bson() -> Path:
 @pytest.fixture(scope="session")
 def cdiscount_categories() -> Path:
     return _shared("category_names.csv")
+
+
+@pytest.fixture(scope="session")
+def damaged_sample(tmp_path_factory) -> Path:
+    """The built-in sample with damage of every kind: garbage between documents and
+    inside one, a duplicate, a product whose picture only a decode refuses, a
+    truncated tail (the fault-injection dump of test_faults and test_distributed)."""
+    docs = [bson.encode(r.doc) for r in bson_store.iter_records(SAMPLE_BSON)][:600]
+    fake = bson.decode(docs[5]) | {"_id": 10**9, "imgs": [{"picture": FAKE_JPEG}]}
+    half = bson.decode(docs[6]) | {"_id": 10**9 + 1}
+    half["imgs"] = half["imgs"] + [{"picture": FAKE_JPEG}]
+    parts = docs[:100] + [b"GARBAGE!" * 30] + docs[100:300] + [docs[7], bson.encode(fake)]
+    parts += [bson.encode(half), docs[300][:500] + b"\x00" * 64] + docs[301:] + [docs[0][:-9]]
+    path = tmp_path_factory.mktemp("damaged") / "damaged.bson"
+    path.write_bytes(b"".join(parts))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@
   size limit, RLIMIT_FSIZE, everywhere) gives one clear error; once space is
   freed, the same call resumes from the last checkpoint to the same catalogue.
 
+The dump is ``damaged_sample`` (conftest: the built-in sample with damage of every kind).
 The embedding uses a cheap deterministic extractor (block means of the pixels), so
 no model is loaded. About a minute in all on 2 cores.
 """
@@ -27,22 +28,17 @@ import sys
 import textwrap
 from pathlib import Path
 
-import bson
 import numpy as np
 import pandas as pd
 import pytest
 
 from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.core import artifacts
-from helpers.core.paths import SAMPLE_BSON
-from helpers.ingest import bson_store
 from helpers.ingest import scan as cat
 from helpers.vectors.embed import embed_catalogue
 from helpers.vectors.store import VectorStoreError
 
 ROOT = Path(__file__).resolve().parents[1]
-# Passes the catalogue's marker check but is no JPEG: the embedding rejects it.
-FAKE_JPEG = b"\xff\xd8" + bytes(range(256)) * 2 + b"\xff\xd9"
 
 class Tiny:
     """Block means of the picture: a cheap, deterministic (N,H,W,3) -> (N,48) extractor."""
@@ -108,22 +104,6 @@ def _child(job: str, delay: float | None, timeout: float = 300, **args) -> tuple
     return bool(done), float(done[0].split()[1]) if done else 0.0
 
 
-@pytest.fixture(scope="module")
-def damaged(tmp_path_factory) -> Path:
-    """The built-in sample with damage of every kind: garbage between documents and
-    inside one, a duplicate, a product whose picture only a decode refuses, a
-    truncated tail."""
-    docs = [bson.encode(r.doc) for r in bson_store.iter_records(SAMPLE_BSON)][:600]
-    fake = bson.decode(docs[5]) | {"_id": 10**9, "imgs": [{"picture": FAKE_JPEG}]}
-    half = bson.decode(docs[6]) | {"_id": 10**9 + 1}
-    half["imgs"] = half["imgs"] + [{"picture": FAKE_JPEG}]
-    parts = docs[:100] + [b"GARBAGE!" * 30] + docs[100:300] + [docs[7], bson.encode(fake)]
-    parts += [bson.encode(half), docs[300][:500] + b"\x00" * 64] + docs[301:] + [docs[0][:-9]]
-    path = tmp_path_factory.mktemp("damaged") / "damaged.bson"
-    path.write_bytes(b"".join(parts))
-    return path
-
-
 def _catalogue(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     summary = cat.load_meta(out)["summary"]
     counts = {k: v for k, v in summary.items() if k != "seconds"}
@@ -171,8 +151,8 @@ def _kill_and_resume(job: str, reference: float, out: Path, kills: int, seed: in
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers,kills", [(1, 12), (2, 6)])
-def test_catalogue_killed_at_random_resumes_to_the_same(damaged, tmp_path, workers, kills):
-    args = {"bson": damaged, "workers": workers, "every": 40}
+def test_catalogue_killed_at_random_resumes_to_the_same(damaged_sample, tmp_path, workers, kills):
+    args = {"bson": damaged_sample, "workers": workers, "every": 40}
     finished, seconds = _child("catalogue", None, out=tmp_path / "ref", **args)
     assert finished
     s = cat.load_meta(tmp_path / "ref")["summary"]
@@ -184,10 +164,10 @@ def test_catalogue_killed_at_random_resumes_to_the_same(damaged, tmp_path, worke
 
 
 @pytest.mark.slow
-def test_workers_die_with_a_build_killed_alone(damaged, tmp_path):
+def test_workers_die_with_a_build_killed_alone(damaged_sample, tmp_path):
     """SIGKILL to the build process only (not its group): its workers must not live on,
     blocked for ever or writing files that the resumed run writes too."""
-    args = {"bson": damaged, "workers": 2, "every": 40}
+    args = {"bson": damaged_sample, "workers": 2, "every": 40}
     finished, seconds = _child("catalogue", None, out=tmp_path / "ref", **args)
     rng = random.Random(11)
     for _ in range(3):
@@ -198,17 +178,17 @@ def test_workers_die_with_a_build_killed_alone(damaged, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def damaged_catalogue(damaged, tmp_path_factory) -> Path:
+def damaged_catalogue(damaged_sample, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cat")
-    cat.build_catalogue(damaged, out, None, progress=False)  # magic: the fake JPEG passes
+    cat.build_catalogue(damaged_sample, out, None, progress=False)  # magic: the fake JPEG passes
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("level,kills", [("product", 8), ("image", 4)])
-def test_embedding_killed_at_random_resumes_to_the_same(damaged, damaged_catalogue, tmp_path,
+def test_embedding_killed_at_random_resumes_to_the_same(damaged_sample, damaged_catalogue, tmp_path,
                                                         level, kills):
-    args = {"bson": damaged, "catalogue": damaged_catalogue, "level": level}
+    args = {"bson": damaged_sample, "catalogue": damaged_catalogue, "level": level}
     finished, seconds = _child("embed", None, out=tmp_path / "ref", **args)
     assert finished
     ref = _store(tmp_path / "ref")
@@ -248,36 +228,36 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-def test_disk_full_mid_build_is_one_clear_error_and_resumes(damaged, small_disk, tmp_path):
-    cat.build_catalogue(damaged, tmp_path / "ref", None, progress=False)
+def test_disk_full_mid_build_is_one_clear_error_and_resumes(damaged_sample, small_disk, tmp_path):
+    cat.build_catalogue(damaged_sample, tmp_path / "ref", None, progress=False)
     filler = _fill(small_disk, 24 * 1024)  # room for a few checkpoints, not for the build
     out = small_disk / "out"
     with pytest.raises(cat.CatalogueError, match="cannot write the catalogue in .*out: No space "
                                                  "left on device.*resumes"):
-        cat.build_catalogue(damaged, out, None, progress=False, checkpoint_every=40)
+        cat.build_catalogue(damaged_sample, out, None, progress=False, checkpoint_every=40)
     # the last checkpoint is whole and names only part files that are there
     state = artifacts.read_json(out / cat.WORK / "range-00" / "checkpoint.json")
     assert state["parts"] >= 1 and not state["done"]
     for i in range(state["parts"]):
         assert pd.read_parquet(out / cat.WORK / "range-00" / f"part-{i:05d}.parquet") is not None
     filler.unlink()
-    cat.build_catalogue(damaged, out, None, progress=False, checkpoint_every=40)
+    cat.build_catalogue(damaged_sample, out, None, progress=False, checkpoint_every=40)
     _assert_same_catalogue(tmp_path / "ref", out)
 
 
-def test_disk_full_while_embedding_keeps_the_store_resumable(damaged, damaged_catalogue,
+def test_disk_full_while_embedding_keeps_the_store_resumable(damaged_sample, damaged_catalogue,
                                                              small_disk, tmp_path):
     df = cat.load_catalogue(damaged_catalogue)
     kw = {"image_size": 32, "batch_size": 24, "progress": False, "decode_threads": 1}
-    embed_catalogue(ParquetCatalogue(df), damaged, Tiny(), tmp_path / "ref", **kw)
+    embed_catalogue(ParquetCatalogue(df), damaged_sample, Tiny(), tmp_path / "ref", **kw)
     filler = _fill(small_disk, 40 * 1024)
     out = small_disk / "vectors"
     with pytest.raises(VectorStoreError, match="cannot write the vector store in .*vectors: "
                                                "No space left on device.*resumes") as info:
-        embed_catalogue(ParquetCatalogue(df), damaged, Tiny(), out, **kw)
+        embed_catalogue(ParquetCatalogue(df), damaged_sample, Tiny(), out, **kw)
     assert info.value.__cause__.errno == errno.ENOSPC
     filler.unlink()
-    embed_catalogue(ParquetCatalogue(df), damaged, Tiny(), out, **kw)
+    embed_catalogue(ParquetCatalogue(df), damaged_sample, Tiny(), out, **kw)
     assert _store(out) == _store(tmp_path / "ref")
 
 
@@ -295,18 +275,18 @@ RLIMITED = textwrap.dedent('''
 ''')
 
 
-def test_write_failing_at_the_end_is_one_clear_error_and_resumes(damaged, tmp_path):
+def test_write_failing_at_the_end_is_one_clear_error_and_resumes(damaged_sample, tmp_path):
     """Works unprivileged: a file size limit makes the final catalogue's write fail
     (the part files are smaller), the checkpoints are kept, and the next call finishes."""
-    cat.build_catalogue(damaged, tmp_path / "ref", None, progress=False)
+    cat.build_catalogue(damaged_sample, tmp_path / "ref", None, progress=False)
     biggest = (tmp_path / "ref" / cat.CATALOGUE).stat().st_size
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", RLIMITED, str(damaged), str(out),
+    proc = subprocess.run([sys.executable, "-c", RLIMITED, str(damaged_sample), str(out),
                            str(biggest // 2)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "cannot write the catalogue" in proc.stdout and "resumes" in proc.stdout
     assert not (out / cat.META).exists() and (out / cat.WORK).exists()
-    cat.build_catalogue(damaged, out, None, progress=False, checkpoint_every=40)
+    cat.build_catalogue(damaged_sample, out, None, progress=False, checkpoint_every=40)
     _assert_same_catalogue(tmp_path / "ref", out)
 
 
@@ -342,10 +322,10 @@ def _synced_before(names: list[str], marker: str, files: list[str]) -> list[set[
     return out
 
 
-def test_catalogue_parts_are_synced_before_the_checkpoint_counting_them(damaged, fsyncs,
+def test_catalogue_parts_are_synced_before_the_checkpoint_counting_them(damaged_sample, fsyncs,
                                                                         tmp_path):
     """A checkpoint that outlives a power loss must not count part files that did not."""
-    cat.build_catalogue(damaged, tmp_path / "out", None, progress=False,
+    cat.build_catalogue(damaged_sample, tmp_path / "out", None, progress=False,
                         checkpoint_every=200, stop_after=2)
     state = json.loads((tmp_path / "out" / cat.WORK / "range-00" / "checkpoint.json")
                        .read_text())
@@ -356,9 +336,9 @@ def test_catalogue_parts_are_synced_before_the_checkpoint_counting_them(damaged,
 
 
 def test_vector_rows_and_rejects_are_synced_before_meta_counts_them(damaged_catalogue,
-                                                                      damaged, fsyncs,
+                                                                      damaged_sample, fsyncs,
                                                                       tmp_path):
-    embed_catalogue(ParquetCatalogue(cat.load_catalogue(damaged_catalogue)), damaged, Tiny(),
+    embed_catalogue(ParquetCatalogue(cat.load_catalogue(damaged_catalogue)), damaged_sample, Tiny(),
                     tmp_path / "v", image_size=16, level="image", batch_size=256, progress=False)
     rejects = pd.read_csv(tmp_path / "v" / "rejects.csv")
     assert len(rejects) == 2  # the two fake JPEGs: one batch appended rejects

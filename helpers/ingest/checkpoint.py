@@ -22,6 +22,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -42,9 +43,24 @@ log = logging.getLogger(__name__)
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # tests lower it to split small files
 
 
-def plan_run(work: Path, bson_path: Path, source: dict, params: dict, workers: int,
-             resume: bool) -> dict:
-    """The byte ranges of this run: an interrupted run's plan, or a new one."""
+class RangeScanner(Protocol):
+    """Runs the byte ranges of a build somewhere other than this process and its pool
+    (``helpers.scale.distributed``: one Dask task each); the build around it is the same."""
+
+    def parts(self, size: int) -> int:
+        """How many byte ranges a file of ``size`` bytes is cut into (small files too)."""
+        ...
+
+    def __call__(self, jobs: list[tuple]) -> list[dict]:
+        """``scan_range(*job)`` for every job; the ranges' states, in the jobs' order."""
+        ...
+
+
+def plan_run(work: Path, bson_path: Path, source: dict, params: dict, parts: int,
+             resume: bool, split_small: bool = False) -> dict:
+    """The byte ranges of this run: an interrupted run's plan, or a new one of about
+    ``parts`` ranges (one with skip or limit: the documents are counted in file order).
+    split_small: cut files under ``PARALLEL_MIN_BYTES`` too (the caller sized the parts)."""
     path = work / "plan.json"
     plan = artifacts.read_json(path) if resume and path.exists() else None
     if plan is not None and plan.get("format_version", 1) != FORMAT_VERSION:
@@ -64,9 +80,9 @@ def plan_run(work: Path, bson_path: Path, source: dict, params: dict, workers: i
     work.mkdir(parents=True)
     max_doc = params.get("max_doc_bytes", MAX_DOC)
     # Below ~64 MB a second process costs more than it saves.
-    if workers > 1 and params["skip"] == 0 and params["limit"] is None and \
-            source["size"] > PARALLEL_MIN_BYTES:
-        offsets = bson_store.partition_offsets(bson_path, workers, max_doc)
+    if parts > 1 and params["skip"] == 0 and params["limit"] is None and \
+            (split_small or source["size"] > PARALLEL_MIN_BYTES):
+        offsets = bson_store.partition_offsets(bson_path, parts, max_doc)
     else:
         start = (bson_store.skip_documents(bson_path, params["skip"], max_doc=max_doc)
                  if params["skip"] else 0)

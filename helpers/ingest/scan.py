@@ -12,8 +12,9 @@ One streaming pass writes, under ``out_dir``:
 The pass checkpoints every ``checkpoint_every`` documents to ``out_dir/_work``;
 a killed run called again resumes there and ends with the same catalogue.
 
-Holds `build_catalogue` (one process per byte range, then the ranges joined: duplicate
-ids, first wins, and the category names), its parameters and summary, and the readers
+Holds `build_catalogue` (one process per byte range -- or one Dask task, through a
+`checkpoint.RangeScanner` -- then the ranges joined: duplicate ids, first wins, and the
+category names), its parameters and summary, and the readers
 of what it wrote (`load_catalogue`, `load_meta`, `load_rejects`). It is built from
 `helpers.ingest.products` (per-document checks, reject reasons), `helpers.ingest.checkpoint`
 (plan, ranges scanned resumably into part files), `helpers.ingest.categories`,
@@ -40,7 +41,7 @@ import pandas as pd
 from helpers.core import artifacts
 from helpers.ingest.bson_store import MAX_DOC, check_is_bson
 from helpers.ingest.categories import LEVELS, categories_of, category_counts, load_categories
-from helpers.ingest.checkpoint import plan_run, read_parts, scan_range
+from helpers.ingest.checkpoint import RangeScanner, plan_run, read_parts, scan_range
 from helpers.ingest.errors import CatalogueError, NoProductsError
 from helpers.ingest.export import export_jpegs, iter_images
 from helpers.ingest.jpeg import MAX_SIDE
@@ -130,8 +131,8 @@ def catalogue_params(categories: str | os.PathLike | None = None, *, skip: int =
         "verify_images": verify_images,
         "categories": str(Path(categories).resolve()) if categories else None,
     }
-    # Limits join the parameters only when set: catalogues made before they existed,
-    # and helpers.scale.distributed's, keep matching.
+    # Limits join the parameters only when set: catalogues made before they existed
+    # keep matching.
     if max_doc_bytes != MAX_DOC:
         params["max_doc_bytes"] = max_doc_bytes
     if max_image_side != MAX_SIDE:
@@ -166,6 +167,7 @@ def build_catalogue(
     force: bool = False,
     max_doc_bytes: int = MAX_DOC,
     max_image_side: int = MAX_SIDE,
+    scanner: RangeScanner | None = None,
 ) -> CatalogueSummary:
     """Scan ``bson_path`` and write the catalogue under ``out_dir``.
 
@@ -185,6 +187,9 @@ def build_catalogue(
         (``document_too_large``) without being read; 16 MiB, BSON's own limit.
     max_image_side: a picture whose JPEG header declares more pixels a side is
         rejected (``image_too_large``) undecoded; 4096 (Cdiscount's are 180).
+    scanner: runs the byte ranges elsewhere, cut as it says (``helpers.scale.distributed``:
+        Dask tasks); ``workers`` is then unused. Checks, limits, rejects, resume and the
+        final catalogue are this function's either way.
     """
     if verify_images not in ("magic", "decode"):
         raise ValueError(f"verify_images must be 'magic' or 'decode', not {verify_images!r}")
@@ -208,12 +213,15 @@ def build_catalogue(
             return CatalogueSummary(**meta["summary"])
     t0 = time.perf_counter()
     work = out_dir / WORK
-    plan = plan_run(work, bson_path, source, params, workers, resume)
+    parts = scanner.parts(source["size"]) if scanner else workers
+    plan = plan_run(work, bson_path, source, params, parts, resume, split_small=bool(scanner))
     jobs = [(str(bson_path), str(work / f"range-{i:02d}"), a, b, limit, params["categories"],
              verify_images, checkpoint_every, stop_after, progress, i, max_doc_bytes,
              max_image_side)
             for i, (a, b) in enumerate(plan["ranges"])]
-    if len(jobs) == 1:
+    if scanner is not None:
+        states = scanner(jobs)
+    elif len(jobs) == 1:
         states = [scan_range(*jobs[0])]  # in-process: simplest to debug and to test
     else:
         with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_die_with_parent,

@@ -10,20 +10,23 @@
 
 The file is cut into document-aligned byte ranges (``bson_store.partition_offsets``,
 about ``PARTITION_BYTES`` each: ~110 for the 58 GB train.bson). Each range is one Dask
-task that writes its own shard:
+task that writes its own shard, with the single-machine code, so the same limits and
+rejects apply:
 
-- catalogue: ``_work/range-NNN/`` part files (rows, rejects) and a checkpoint, written by
-  the same ``helpers.ingest.checkpoint.scan_range`` the single-machine build runs; a final
-  step (``helpers.ingest.scan._finalize``) merges them into the usual ``catalogue.parquet``,
-  ``rejects.csv`` and ``catalogue.json``, so every later step (and ``build_catalogue``'s
-  "reuse a finished catalogue") works unchanged;
-- vectors: ``shards/part-NNNNN/``, a ``helpers.vectors.store`` store of the catalogue rows whose
-  document starts in the range (its own ``rejects.csv``); the merge writes ``shards.json``,
-  the manifest ``helpers.vectors.sharded.ShardedVectorStore`` reads as one memory-mapped matrix.
+- catalogue: ``helpers.ingest.scan.build_catalogue`` itself, its byte ranges run as Dask
+  tasks (``checkpoint.scan_range`` into ``_work/range-NN/`` part files and a checkpoint):
+  the same checks, limits (skip, limit, verify_images, max_doc_bytes, max_image_side),
+  rejects, resume and ``catalogue.parquet`` / ``rejects.csv`` / ``catalogue.json``;
+- vectors: ``shards/part-NNNNN/``, a ``helpers.vectors.embed.embed_catalogue`` store of the
+  catalogue rows whose document starts in the range (undecodable pictures in its own
+  ``rejects.csv``); the merge joins those into the store's ``rejects.csv`` and writes
+  ``shards.json``, which ``helpers.vectors.sharded.ShardedVectorStore`` reads as one
+  memory-mapped matrix.
 
-A re-run skips finished shards and resumes unfinished ones from their last checkpoint,
-so a crash, a Ctrl-C or a killed worker (Dask reschedules its task on another worker)
-costs at most one checkpoint of work per range.
+A killed worker's tasks are rerun by Dask on a live worker: an unfinished range resumes
+from its last checkpoint (a shard from its last stored batch), a finished one is returned
+as it is; a re-run of the whole call does the same. At most one checkpoint of work per
+range is lost, and the result is the uninterrupted run's, bit for bit.
 
 Cluster: ``scheduler=None`` or ``"local"`` starts a ``LocalCluster`` of ``workers``
 processes, one thread each, ``memory_limit`` each (default 2 GiB: a catalogue task holds
@@ -39,15 +42,16 @@ installed on the scheduler to serve pages).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import math
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +61,9 @@ import pyarrow.parquet as pq
 
 from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.core import artifacts
-from helpers.ingest import bson_store, checkpoint
+from helpers.ingest import checkpoint
 from helpers.ingest import scan as cat
-from helpers.vectors.embed import catalogue_fingerprint
+from helpers.vectors.embed import catalogue_fingerprint, embed_options
 from helpers.vectors.embed import embed_catalogue as embed_rows
 from helpers.vectors.sharded import MANIFEST, SHARDS, ShardedVectorStore, write_manifest
 
@@ -120,11 +124,13 @@ def _describe(client: Any, report: Report) -> None:
     report(f"Dask dashboard: {client.dashboard_link}")
 
 
-def _run(client: Any, fn: Callable, jobs: list[tuple], name: str, progress: bool) -> list:
-    """Submit one task per job (unique keys: a re-run is never served stale results)."""
+def _run(client: Any, fn: Callable, jobs: list[tuple], names: list[str],
+         progress: bool) -> list:
+    """Submit one task per job, keyed by its name (and a run id: a re-run is never served
+    stale results); a dead worker's tasks are rerun by Dask on another one."""
     run_id = uuid.uuid4().hex[:8]
-    futures = [client.submit(fn, *job, key=f"{name}-{i:05d}-{run_id}", retries=1)
-               for i, job in enumerate(jobs)]
+    futures = [client.submit(fn, *job, key=f"{name}-{run_id}", retries=1)
+               for job, name in zip(jobs, names, strict=True)]
     if progress and futures:
         from dask.distributed import progress as dask_progress
 
@@ -145,91 +151,62 @@ def build_catalogue(
     memory_limit: str | int = DEFAULT_MEMORY,
     processes: bool = True,
     partition_bytes: int = PARTITION_BYTES,
-    verify_images: str = "magic",
-    checkpoint_every: int = 50_000,
-    force: bool = False,
     progress: bool = True,
     report: Report = logger.info,
-    stop_after: int | None = None,
     crash_after: int | None = None,
+    **options: Any,
 ) -> cat.CatalogueSummary:
-    """``catalogue.build_catalogue`` with one Dask task per byte range; same output.
+    """``helpers.ingest.scan.build_catalogue`` with one Dask task per byte range: the same
+    call, so the same checks, limits, rejects, resume and output.
 
+    options: ``scan.build_catalogue``'s (skip, limit, verify_images, checkpoint_every,
+        resume, stop_after, force, max_doc_bytes, max_image_side); with skip or limit
+        the file is one task, as it is one process there (documents count in file order).
     partition_bytes: about this many bytes per task (at least one task per worker).
-    stop_after: every task stops after this many checkpoints (an interrupted run).
     crash_after: tests: the first task to reach this many checkpoints kills its
         worker process (``os._exit``), once per output folder.
     Returns the summary; an unfinished run (stop_after) returns the documents read so far.
     """
-    if verify_images not in ("magic", "decode"):
-        raise ValueError(f"verify_images must be 'magic' or 'decode', not {verify_images!r}")
-    bson_path, out_dir = Path(bson_path), Path(out_dir)
-    bson_store.check_is_bson(bson_path)
-    cats = cat.load_categories(categories) if categories is not None else None
-    # The same params as catalogue.build_catalogue: its reuse check accepts this catalogue.
-    params = cat.catalogue_params(categories, verify_images=verify_images)
-    source = cat._source_id(bson_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not force and (out_dir / cat.META).exists():
-        meta = cat.load_meta(out_dir)
-        if meta["source"] == source and meta["params"] == params and \
-                meta.get("format_version") == cat.FORMAT_VERSION:  # an older format is rebuilt
-            return cat.CatalogueSummary(**meta["summary"])
-    work = out_dir / cat.WORK
-    parts = max(workers or 1, math.ceil(source["size"] / partition_bytes))
-    plan = _catalogue_plan(work, bson_path, source, params, parts, resume=not force)
-    jobs = [(str(bson_path), str(work / f"range-{i:02d}"), a, b, params["categories"],
-             verify_images, checkpoint_every, stop_after, i,
-             crash_after, str(out_dir / CRASH_MARKER)) for i, (a, b) in enumerate(plan["ranges"])]
-    report(f"catalogue: {len(jobs)} byte ranges of ~{source['size'] / len(jobs) / 1e6:,.0f} MB"
-           f" -> {work}")
-    t0 = time.perf_counter()
-    with dask_client(scheduler, workers, memory_limit, processes, report) as client:
-        states = _run(client, _scan_task, jobs, "catalogue-range", progress)
-    plan["seconds"] += time.perf_counter() - t0
-    artifacts.write_json(work / PLAN, plan)
-    if not all(st["done"] for st in states):
-        return cat.CatalogueSummary(source=str(bson_path),
-                                    documents=sum(st["documents"] for st in states))
-    return cat._finalize(out_dir, plan, states, cats)
+    scanner = _DaskRanges({"scheduler": scheduler, "workers": workers,
+                           "memory_limit": memory_limit, "processes": processes,
+                           "report": report}, partition_bytes, progress, crash_after,
+                          str(Path(out_dir) / CRASH_MARKER))
+    return cat.build_catalogue(bson_path, out_dir, categories, progress=False,
+                               scanner=scanner, **options)
 
 
-def _catalogue_plan(work: Path, bson_path: Path, source: dict, params: dict, parts: int,
-                    resume: bool) -> dict:
-    """An interrupted run's ranges, or new ones; the file format of
-    ``helpers.ingest.checkpoint.plan_run``."""
-    path = work / PLAN
-    plan = json.loads(path.read_text()) if resume and path.exists() else None
-    if plan is not None and plan.get("format_version", 1) != cat.FORMAT_VERSION:
-        plan = None  # part files of an older catalogue format: scan again
-    if plan is not None:
-        if plan["source"] == source and plan["params"] == params:
-            return plan
-        raise cat.CatalogueError(
-            f"{work.parent} holds an interrupted run of another file or other parameters "
-            f"({plan['source']['path']}, {plan['params']}); delete its _work folder")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    offsets = bson_store.partition_offsets(bson_path, parts)
-    plan = {"source": source, "params": params, "seconds": 0.0,
-            "format_version": cat.FORMAT_VERSION,
-            "ranges": [[a, b] for a, b in zip(offsets, offsets[1:], strict=False)] or [[0, 0]]}
-    artifacts.write_json(path, plan)
-    return plan
+@dataclass
+class _DaskRanges:
+    """The byte ranges of ``scan.build_catalogue`` as Dask tasks (a
+    ``helpers.ingest.checkpoint.RangeScanner``)."""
+
+    cluster: dict[str, Any]  # dask_client's arguments
+    partition_bytes: int
+    progress: bool
+    crash_after: int | None
+    crash_marker: str
+
+    def parts(self, size: int) -> int:
+        return max(self.cluster["workers"] or 1, math.ceil(size / self.partition_bytes))
+
+    def __call__(self, jobs: list[tuple]) -> list[dict]:
+        work = Path(jobs[0][1]).parent
+        self.cluster["report"](f"catalogue: {len(jobs)} byte ranges -> {work}")
+        with dask_client(**self.cluster) as client:
+            return _run(client, _scan_task,
+                        [(job, self.crash_after, self.crash_marker) for job in jobs],
+                        [f"catalogue-{Path(job[1]).name}" for job in jobs], self.progress)
 
 
-def _scan_task(bson_path: str, work: str, start: int, end: int, categories: str | None,
-               verify: str, checkpoint_every: int, stop_after: int | None, position: int,
-               crash_after: int | None, crash_marker: str) -> dict:
-    """One range on a worker: the single-machine scan, resumable from its checkpoint."""
+def _scan_task(job: tuple, crash_after: int | None, crash_marker: str) -> dict:
+    """One range on a worker: ``checkpoint.scan_range(*job)``, resumable from its checkpoint."""
     if crash_after is not None and not Path(crash_marker).exists():
-        state = checkpoint.scan_range(bson_path, work, start, end, None, categories, verify,
-                                       checkpoint_every, crash_after, False, position)
-        if not state["done"]:
+        args = inspect.signature(checkpoint.scan_range).bind(*job)
+        args.arguments["stop_after"] = crash_after
+        if not checkpoint.scan_range(*args.args)["done"]:
             Path(crash_marker).touch()
             os._exit(1)  # a killed worker: the nanny restarts it, Dask reruns the task
-    return checkpoint.scan_range(bson_path, work, start, end, None, categories, verify,
-                                 checkpoint_every, stop_after, False, position)
+    return checkpoint.scan_range(*job)
 
 
 # ---------------------------------------------------------------- embedding
@@ -280,10 +257,6 @@ def embed_catalogue(
     extractor: str | Callable[[], Any],
     out_dir: str | os.PathLike,
     *,
-    image_size: int = 224,
-    level: str = "product",
-    batch_size: int = 64,
-    decode_threads: int = 1,
     scheduler: Any = None,
     workers: int | None = None,
     memory_limit: str | int = DEFAULT_MEMORY,
@@ -291,40 +264,51 @@ def embed_catalogue(
     partition_bytes: int = PARTITION_BYTES,
     progress: bool = True,
     report: Report = logger.info,
+    **options: Any,
 ) -> ShardedVectorStore:
-    """Embed a finished catalogue, one Dask task (one vector shard) per byte range.
+    """``helpers.vectors.embed.embed_catalogue`` of each byte range's catalogue rows, one
+    Dask task (one vector shard) per range: the same decode checks, rejects and resume.
 
     extractor: ``"onnx"`` (MobileNetV2, one ORT thread per worker), or a picklable
         zero-argument callable returning an extractor (``onnx_extractor(threads=2)``,
         ``functools.partial(load_extractor, ...)``), called once per worker.
-    Each shard is ``helpers.vectors.embed.embed_catalogue`` of its rows, so it resumes and
-    refuses stale settings the same way. Returns the merged, memory-mapped store.
+    options: ``embed.embed_catalogue``'s (image_size, level, batch_size, decode_threads,
+        resume) with its defaults, but one decode thread (a worker has one core); checked
+        here before any task starts. Stale shards are moved aside, never refused.
+    Returns the merged, memory-mapped store; its ``rejects.csv`` is the shards', in
+    catalogue order: what one store of the same catalogue lists.
     """
     catalogue_dir, bson_path, out_dir = Path(catalogue_dir), Path(bson_path), Path(out_dir)
     factory = onnx_extractor() if extractor == "onnx" else extractor
     if not callable(factory):
         raise ValueError(f"extractor must be 'onnx' or a callable, not {extractor!r}")
+    # rebuild_stale: the shards of a run of other settings are moved aside as a whole
+    # (_embed_plan); one passed in here is a TypeError ("multiple values").
+    opts = embed_options(**{"decode_threads": 1, **options}, rebuild_stale=True,
+                         progress=False)
     if not (catalogue_dir / cat.META).exists():
         cat.load_catalogue(catalogue_dir)  # raises the usual "no finished catalogue" error
-    settings, counts = shard_plan(catalogue_dir, bson_path, image_size, level, workers,
-                                  partition_bytes)
+    settings, counts = shard_plan(catalogue_dir, bson_path, opts["image_size"],
+                                  opts["level"], workers, partition_bytes)
     ranges = [tuple(r) for r in settings["ranges"]]
     _embed_plan(out_dir, settings, report)
-    jobs = [(str(catalogue_dir / cat.CATALOGUE), str(bson_path), factory,
-             str(out_dir / SHARDS / f"part-{i:05d}"), a, b, image_size, level, batch_size,
-             decode_threads) for i, (a, b) in enumerate(ranges) if counts[i]]
+    shards = [(out_dir / SHARDS / f"part-{i:05d}", a, b)
+              for i, (a, b) in enumerate(ranges) if counts[i]]
+    jobs = [(str(catalogue_dir / cat.CATALOGUE), str(bson_path), factory, str(d), a, b, opts)
+            for d, a, b in shards]
     report(f"embedding: {settings['catalogue_rows']:,} catalogue rows in {len(jobs)} shards"
            f" -> {out_dir}")
     t0 = time.perf_counter()
     with dask_client(scheduler, workers, memory_limit, processes, report) as client:
-        metas = _run(client, _embed_task, jobs, "embed-range", progress)
+        metas = _run(client, _embed_task, jobs, [f"embed-{d.name}" for d, _, _ in shards],
+                     progress)
     made_by = {**metas[0]["made_by"], "catalogue_rows": settings["catalogue_rows"],
                "catalogue_sha256": settings["catalogue_sha256"]} if metas else {}
-    shards = [{"path": str(Path(job[3]).relative_to(out_dir)), "count": m["count"],
-               "range": [job[4], job[5]]} for job, m in zip(jobs, metas, strict=True)]
+    parts = [{"path": str(d.relative_to(out_dir)), "count": m["count"], "range": [a, b]}
+             for (d, a, b), m in zip(shards, metas, strict=True)]
     totals = {k: sum(m.get(k, 0) for m in metas) for k in ("images", "failed_images")}
     write_manifest(out_dir, dim=metas[0]["dim"] if metas else 0, made_by=made_by,
-                   shards=shards, seconds=round(time.perf_counter() - t0, 2), **totals)
+                   shards=parts, seconds=round(time.perf_counter() - t0, 2), **totals)
     return ShardedVectorStore(out_dir)
 
 
@@ -370,12 +354,9 @@ def _embed_plan(out_dir: Path, settings: dict, report: Report) -> None:
 
 
 def _embed_task(catalogue_path: str, bson_path: str, factory: Callable[[], Any],
-                shard: str, start: int, end: int, image_size: int, level: str,
-                batch_size: int, decode_threads: int) -> dict:
-    """One shard on a worker: its catalogue rows (a Parquet range read) -> vector store."""
+                shard: str, start: int, end: int, options: dict[str, Any]) -> dict:
+    """One shard on a worker: its catalogue rows (a Parquet range read) -> the single-node
+    embedding, resumable from the shard's last batch."""
     rows = ParquetCatalogue(shard_rows(catalogue_path, start, end))
-    store = embed_rows(rows, bson_path, _worker_extractor(factory), shard,
-                       image_size=image_size, level=level, batch_size=batch_size,
-                       decode_threads=decode_threads, rebuild_stale=True, progress=False)
+    store = embed_rows(rows, bson_path, _worker_extractor(factory), shard, **options)
     return dict(store.meta)
-

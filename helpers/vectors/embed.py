@@ -15,6 +15,7 @@ helpers.catalogue and the vector stores; a model is passed in, never imported.
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import os
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,11 +43,12 @@ from helpers.core.ids import LEVELS
 from helpers.ingest.jpeg import ImageError, decode_image, to_float
 from helpers.ingest.schema import usable_counts
 
-__all__ = ["catalogue_fingerprint", "embed_catalogue", "embed_files"]
+__all__ = ["catalogue_fingerprint", "embed_catalogue", "embed_files", "embed_options"]
 from helpers.vectors.means import product_means
 from helpers.vectors.sharded import MANIFEST as SHARDS_MANIFEST
 from helpers.vectors.sharded import ShardedVectorStore
 from helpers.vectors.store import (
+    REJECTS,
     VectorStore,
     VectorStoreError,
     VectorWriter,
@@ -56,7 +59,6 @@ from helpers.vectors.store import (
 log = logging.getLogger(__name__)
 
 Extractor = Callable[[np.ndarray], np.ndarray]
-REJECTS = "rejects.csv"
 
 
 @dataclass
@@ -215,8 +217,7 @@ def embed_catalogue(
     Returns the finished store, memory-mapped. An already finished store with the
     same settings is returned as is.
     """
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    _check_level(level)
     if isinstance(images, str | os.PathLike):
         images = BsonImageSource(images)
     out_dir = Path(out_dir)
@@ -283,6 +284,26 @@ def embed_catalogue(
             bar.close()
     seconds = time.perf_counter() - t0
     return writer.close(seconds=round(writer.meta.get("seconds", 0) + seconds, 2))
+
+
+def _check_level(level: str) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+
+
+def embed_options(**options: Any) -> dict[str, Any]:
+    """``embed_catalogue``'s keyword options, its defaults filled in and checked: what a
+    caller embedding a catalogue in pieces (``helpers.scale.distributed``) records and
+    passes to each piece. TypeError names an unknown option, ValueError a bad level."""
+    params = inspect.signature(embed_catalogue).parameters.values()
+    known = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"unknown embedding option(s) {unknown}; embed_catalogue takes "
+                        f"{sorted(known)}")
+    options = {**known, **options}
+    _check_level(options["level"])
+    return options
 
 
 def _move_aside(folder: Path) -> Path:

@@ -10,6 +10,8 @@ A sharded store is a folder::
     shards.json                  dim, count, made_by, the shards in row order
     manifest.json                the same manifest (settings, catalogue, content id) as a
                                  single store's: indexes built from it check it the same way
+    rejects.csv                  the shards' rejects.csv in shard order: what a single store
+                                 of the same catalogue lists (none: no picture failed)
     shards/part-00000/ ...       one ``helpers.vectors.store`` store per shard (vectors.f32,
                                  ids.i64, meta.json, rejects.csv), written by one Dask task
 
@@ -36,6 +38,7 @@ from helpers.core import artifacts
 from helpers.vectors.store import (
     IDS,
     META,
+    REJECTS,
     VECTORS,
     StoreReads,
     VectorStore,
@@ -50,14 +53,26 @@ FORMAT_VERSION = 1
 
 def write_manifest(folder: str | os.PathLike, *, dim: int, made_by: dict[str, Any],
                    shards: list[dict[str, Any]], **extra: Any) -> None:
-    """Write ``manifest.json`` then ``shards.json`` (atomically, last): the store is
-    complete once ``shards.json`` exists."""
+    """Write ``rejects.csv`` (the shards' joined), ``manifest.json``, then ``shards.json``
+    (atomically, last): the store is complete once ``shards.json`` exists."""
     folder = Path(folder)
+    _join_rejects(folder / REJECTS, [folder / s["path"] / REJECTS for s in shards])
     meta = {"format_version": FORMAT_VERSION, "dim": dim,
             "count": sum(s["count"] for s in shards), "complete": True,
             "made_by": made_by, "shards": shards, **extra}
     artifacts.write_manifest(folder, store_manifest(made_by))
     artifacts.write_json(folder / MANIFEST, meta)
+
+
+def _join_rejects(target: Path, parts: list[Path]) -> None:
+    """One CSV of the ``parts`` that exist, in order, under the first one's header."""
+    texts = [p.read_text() for p in parts if p.exists()]
+    if not texts:
+        target.unlink(missing_ok=True)  # a store of an earlier run may have left one
+        return
+    header = texts[0].split("\n", 1)[0]
+    rows = "".join(t.split("\n", 1)[1] for t in texts)
+    artifacts.atomic_write(target, lambda tmp: tmp.write_text(f"{header}\n{rows}"))
 
 
 class ShardedMatrix:

@@ -5,6 +5,7 @@ A store is a folder::
     vectors.f32    n x dim float32, C order (np.memmap: no load, shared by processes)
     ids.i64        n x 2 int64: product_id, image_index (-1 for a product's mean vector)
     meta.json      dim, count, resume point, stats, and ``made_by`` (the settings)
+    rejects.csv    the pictures the embedding skipped: product_id, image_index, reason
     manifest.json  written when complete: settings (model, backend, precision, weights,
                    image size, level), the catalogue it was made from (its fingerprint
                    and settings), and the store's content id (see helpers.core.artifacts)
@@ -31,6 +32,7 @@ from helpers.core.ids import IdMap
 VECTORS = "vectors.f32"
 IDS = "ids.i64"
 META = "meta.json"
+REJECTS = "rejects.csv"  # pictures the embedding could not decode (helpers.vectors.embed)
 FORMAT_VERSION = 1
 # Settings that name the catalogue a store was made from, not the store's own settings.
 CATALOGUE_KEYS = ("source", "catalogue_rows", "catalogue_sha256")
