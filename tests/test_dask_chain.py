@@ -54,8 +54,9 @@ def test_dask_run_read_by_04_and_06_without_embedding(dask_run, cdiscount_bson,
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     code = run_all.main(["--bson", str(cdiscount_bson), "--categories",
-                         str(cdiscount_categories), "--only", "04,06", "--out", str(dask_run),
-                         "--name", "dask", "-p", "image_size", SIZE, "-p", "level", "image",
+                         str(cdiscount_categories), "--only", "04,06", "--no-es",
+                         "--out", str(dask_run), "--name", "dask", "-p", "image_size", SIZE,
+                         "-p", "level", "image",
                          "-p", "methods", METHODS])
     summary = json.loads((dask_run / "dask" / "summary.json").read_text())
     assert code == 0, summary
