@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 SERVING_FILE = "catalogue.arrow"
 FORMAT = 1  # of SERVING_FILE: a reader of another format rewrites it
-LEVELS = ("category_level1", "category_level2", "category_level3")
 KIND = "serving_catalogue"
 
 
@@ -74,13 +73,13 @@ def _source_of(folder: Path) -> dict[str, Any]:
 def write_serving_file(folder: str | os.PathLike) -> Path:
     """Write ``folder/catalogue.arrow`` from the catalogue there (see the module docstring).
 
-    Peak memory is the catalogue's columns plus two argsorts (about 0.6 GB at 7 M
-    products): the level names are read dictionary-encoded, never one string per product.
+    Peak memory is the catalogue's columns and two argsorts: the level names are read
+    dictionary-encoded, never as one string per product.
     """
     folder = Path(folder)
     t0 = time.perf_counter()
     source = _source_of(folder)
-    names = [c for c in LEVELS if c in pq.read_schema(folder / scan.CATALOGUE).names]
+    names = [c for c in scan.LEVELS if c in pq.read_schema(folder / scan.CATALOGUE).names]
     table = pq.read_table(folder / scan.CATALOGUE, read_dictionary=names,
                           columns=["product_id", "category_id", "n_images", "bad_images",
                                    "offset", "length", *names])
