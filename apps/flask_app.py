@@ -213,10 +213,20 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
 
     @app.get("/healthz")
     def health() -> Response:
+        # len() costs nothing on every catalogue (MongoDB: the count its load checked).
         return jsonify({"status": "ok", "products": len(art.catalogue),
                         "methods": art.available()})
 
     # -- the page ----------------------------------------------------------------------------
+
+    first: list[int] = []
+
+    def examples() -> list[int]:
+        """The first products, asked once per process: one indexed page (never every id,
+        which MongoDB would stream on each page)."""
+        if not first:  # one slice assignment: threads racing here store the same list
+            first[:] = [p.product_id for p in art.catalogue.page(0, 5)]
+        return first
 
     def page_context() -> dict[str, Any]:
         return {"methods": [(m, art.methods[m].label) for m in art.available()],
@@ -225,7 +235,7 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
                 "recent": [], "recent_related": [], "product_id": "", "max_k": MAX_K,
                 "uploaded": None,
                 "photo_methods": [m for m in art.available() if art.methods[m].upload],
-                "examples": [int(x) for x in art.catalogue.ids()[:5]],
+                "examples": examples(),
                 "img": lambda pid, i: url_for("image", product_id=pid, index=i)}
 
     @app.post("/search")

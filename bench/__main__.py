@@ -43,6 +43,8 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
     ("es", "bench_es", [], []),
     ("scale", "bench_scale", [],
      ["--size-gb", "0.2", "--n-vectors", "50000", "--nlist", "256", "--queries", "200"]),
+    ("serve scale", "bench_serve_scale", [],
+     ["--n", "200000", "--vectors", "20000", "--requests", "500"]),
 ]
 
 # The child: import the bench as a module, run main(argv), write its rows as JSON.

@@ -2,6 +2,7 @@
 
     python bench/simulate.py bson --size-gb 3          # bench/data/scale.bson
     python bench/simulate.py vectors --n 1000000       # bench/data/vectors-1000000/
+    python bench/simulate.py catalogue --n 7069896     # bench/data/catalogue-7069896/
 
 ``category_image_counts_level3.csv`` holds the real full-train picture count of each of
 the 5,263 level-3 categories (12,371,293 pictures). Both generators draw categories
@@ -14,6 +15,10 @@ with those weights:
   eigenvalue spectrum of real MobileNetV2 vectors of the two samples), one Gaussian
   cluster per category sized by the real skew, so IVF list imbalance follows it;
   written as a sharded vector store (``helpers.vectors.sharded``), the layout Dask embedding writes.
+- ``catalogue``: a finished catalogue folder (what ``build_catalogue`` writes) of N products,
+  each in a category drawn from the real skew with its real names, pointing at a document
+  of the built-in sample (its offset, length and pictures): the apps serve it whole, real
+  pictures included, at the full catalogue's size.
 
 Everything goes under bench/data/ (git-ignored); delete multi-GB files after use.
 """
@@ -27,10 +32,15 @@ from pathlib import Path
 import bson
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from helpers.catalogue.protocol import ParquetCatalogue
+from helpers.core import artifacts
 from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON
+from helpers.ingest import scan
 from helpers.ingest.bson_store import iter_records
+from helpers.ingest.schema import catalogue_fingerprint
 from helpers.vectors.sharded import SHARDS, ShardedVectorStore, write_manifest
 from helpers.vectors.store import VectorWriter
 
@@ -107,6 +117,57 @@ def make_bson(dst: Path, size_gb: float | None = None, seed: int = 0,
     tmp.replace(dst)
     done.write_text(json.dumps(want))
     return dst
+
+
+# ---------------------------------------------------------------- catalogue
+
+
+def make_catalogue(n: int, folder: Path, seed: int = 0) -> Path:
+    """A finished catalogue folder of ``n`` products (kept if one of that size is there).
+
+    Ids increase with gaps of 1-4 (train.bson's ids increase too); categories follow the
+    real skew, with their names from ``category_names.csv``; product ``i`` points at
+    document ``i mod 1000`` of the built-in sample, so its pictures are real JPEGs.
+    """
+    meta_path = folder / scan.META
+    if meta_path.is_file() and scan.load_meta(folder).get("summary", {}).get(
+            "products_kept") == n:
+        return folder
+    rng = np.random.default_rng(seed)
+    skew = category_skew()
+    names = pd.read_csv(CDISCOUNT_DIR / "category_names.csv").drop_duplicates("category_id")
+    skew = skew.merge(names, on="category_id", how="left")
+    which = rng.choice(len(skew), n, p=skew["p"].to_numpy())
+    docs = np.array([(r.offset, r.length, len(r.doc["imgs"]))
+                     for r in iter_records(SAMPLE_BSON)], np.int64)
+    offset, length, n_images = docs[np.arange(n) % len(docs)].T
+    pids = 1_000_000 + np.cumsum(rng.integers(1, 5, n))
+    empty = pa.ListArray.from_arrays(np.zeros(n + 1, np.int32), pa.array([], pa.int16()))
+    columns = {
+        "product_id": pa.array(pids, pa.int64()),
+        "category_id": pa.array(skew["category_id"].to_numpy()[which], pa.int64()),
+        "n_images": pa.array(n_images, pa.int16()),
+        "bad_images": empty,
+        "offset": pa.array(offset, pa.int64()),
+        "length": pa.array(length, pa.int32()),
+    }
+    for level in scan.LEVELS:  # one string a product, as the category join writes them
+        dictionary = pa.array(skew[level].astype(object).to_numpy(), pa.string())
+        columns[level] = pa.DictionaryArray.from_arrays(
+            pa.array(which.astype(np.int32)), dictionary).cast(pa.string())
+    table = pa.table(columns)
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts.atomic_write(folder / scan.CATALOGUE, lambda t: pq.write_table(table, t))
+    source = {"path": str(SAMPLE_BSON), "simulated": True}
+    params = {"simulated_products": n, "seed": seed}
+    manifest = artifacts.make_manifest("catalogue", {"source": source, "params": params})
+    manifest["fingerprint"] = catalogue_fingerprint(
+        pd.DataFrame({"product_id": pids, "offset": offset}))
+    artifacts.write_manifest(folder, manifest)
+    artifacts.write_json(meta_path, {
+        "format_version": scan.FORMAT_VERSION, "source": source, "params": params,
+        "summary": {"products_kept": n, "categories": int(len(np.unique(which)))}})
+    return folder
 
 
 # ---------------------------------------------------------------- vectors
@@ -261,9 +322,14 @@ def main() -> None:
     v = sub.add_parser("vectors")
     v.add_argument("--n", type=int, default=1_000_000)
     v.add_argument("--out", type=Path)
+    c = sub.add_parser("catalogue")
+    c.add_argument("--n", type=int, default=7_069_896)
+    c.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.what == "bson":
         print(make_bson(args.out, args.size_gb))
+    elif args.what == "catalogue":
+        print(make_catalogue(args.n, args.out or DATA / f"catalogue-{args.n}"))
     else:
         store, _ = make_vectors(args.n, args.out or DATA / f"vectors-{args.n}")
         print(store)

@@ -82,6 +82,36 @@ def test_products_from_mongodb(mongod, app_artifacts):
     a.close()
 
 
+def test_mongodb_pages_read_only_what_they_show(mongod, app_artifacts):
+    """MongoDB's profiler records every operation on the products while the app serves
+    its pages, health probe and API: each one by an index, over a few documents (a stream
+    of every id, or a count of every document, examines all 150)."""
+    from helpers.catalogue import mongo
+
+    parquet = ParquetCatalogue.open(Workspace(app_artifacts).catalogues()[0][0])
+    mongo.load_catalogue(parquet, mongod.url)
+    client = create_app(app_artifacts, mongo_uri=mongod.url).test_client()
+    db = mongo.connect(mongod.url)[mongo.DB]
+    db["system.profile"].drop()
+    pids = [int(x) for x in parquet.ids()[[3, 40, 120]]]
+    db.command("profile", 2)
+    try:
+        assert client.get("/").status_code == 200
+        for pid in pids:  # product pages, the later ones with "recently viewed"
+            assert client.get(f"/?product_id={pid}&k=5").status_code == 200
+        assert client.get("/healthz").get_json()["products"] == len(parquet)
+        c = parquet.product(pids[0]).category_id
+        r = client.get(f"/api/products/{pids[1]}/related?k=5&category={c}")
+        assert r.status_code == 200 and r.get_json()["results"]
+    finally:
+        db.command("profile", 0)
+    ops = list(db["system.profile"].find({"ns": f"{mongo.DB}.{mongo.COLLECTION}"}))
+    assert len(ops) >= 4  # the pages did read their products from MongoDB
+    for op in ops:
+        assert "COLLSCAN" not in op.get("planSummary", ""), op
+        assert op.get("docsExamined", 0) <= 20 and op.get("keysExamined", 0) <= 20, op
+
+
 def test_elasticsearch_method_when_a_node_answers(es_node, app_artifacts, tmp_path):
     from helpers.index import build_index
     from helpers.services.servers import wait_for_elasticsearch

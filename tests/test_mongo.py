@@ -3,11 +3,16 @@ started here once for the module on a free port with a temp dbpath."""
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pymongo import monitoring
 
 from helpers.catalogue import mongo
 from helpers.catalogue.protocol import Catalogue, ParquetCatalogue, UnknownProductError
@@ -64,6 +69,75 @@ def test_reads_like_the_parquet_catalogue(mongod, parquet, loaded):
     np.testing.assert_array_equal(mc.category_ids(ids), parquet.category_ids(ids))
     with pytest.raises(UnknownProductError):
         mc.product(-1)
+    mc.close()
+
+
+class Commands(monitoring.CommandListener):
+    """The commands a client sends: (name, command document)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.sent.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_reads_send_bounded_commands(mongod, parquet, loaded):
+    """What a page or a health probe asks costs what it shows: no count of every document,
+    no find over the whole collection."""
+    listener = Commands()
+    mc = mongo.MongoCatalogue(mongod.url, db="t", event_listeners=[listener])
+    assert len(mc) == 1000
+    listener.sent.clear()
+    assert len(mc) == 1000 and listener.sent == []  # the count the load checked
+    pid = int(parquet.ids()[17])
+    c = parquet.product(pid).category_id
+    mc.product(pid)
+    assert len(mc.page(500, 20)) == 20
+    mc.products(parquet.ids()[[1, 2, 3]])
+    mc.by_category(c, 5, 10)
+    mc.category_path(c)
+    on_products = [(name, cmd) for name, cmd in listener.sent if cmd.get(name) == mongo.COLLECTION]
+    assert len(on_products) == 5, listener.sent
+    for name, cmd in on_products:
+        assert name == "find", cmd  # no count, no aggregate
+        assert cmd.get("filter") and (cmd.get("limit") or set(cmd["filter"]) & {"_id", "row"}), cmd
+    mc.close()
+
+
+def test_a_client_from_before_a_fork_is_not_reused(mongod, parquet, loaded):
+    """gunicorn --preload opens the catalogue, then forks its workers: a worker opens its
+    own client, and the parent's keeps working."""
+    mc = mongo.MongoCatalogue(mongod.url, db="t")
+    pid = int(parquet.ids()[17])
+    want = mc.product(pid)
+    before = mc.client  # opened in this process, sockets and monitor threads in use
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports through the pipe and never returns into pytest
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                same = mc.product(pid) == want
+                report = {"same": same, "new_client": mc.client is not before,
+                          "warnings": [str(w.message)[:80] for w in caught
+                                       if "fork" in str(w.message)]}
+        except BaseException:  # noqa: BLE001 - whatever it is, the parent shows it
+            report = {"error": traceback.format_exc()}
+        os.write(write, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as f:
+        report = json.loads(f.read())
+    assert report == {"same": True, "new_client": True, "warnings": []}
+    assert mc.client is before and mc.product(pid) == want
     mc.close()
 
 

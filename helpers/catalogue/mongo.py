@@ -19,12 +19,15 @@ A local mongod for tests and users: `helpers.services.servers.start_mongod` / `m
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pymongo import ASCENDING, MongoClient, ReplaceOne
+from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
 
 from helpers.catalogue.protocol import (
@@ -32,6 +35,7 @@ from helpers.catalogue.protocol import (
     CategoryPath,
     Product,
     UnknownProductError,
+    as_product_id,
     iter_products,
 )
 from helpers.core.errors import ServiceUnavailable
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DB, COLLECTION, META = "visual_product_search", "products", "catalogue_meta"
 BATCH = 1000
+TIMEOUTS = {"serverSelectionTimeoutMS": 3000, "connectTimeoutMS": 3000}
 
 
 class MongoUnavailable(ServiceUnavailable):
@@ -60,10 +65,10 @@ class LoadSummary:
                 f"{self.removed:,} removed)")
 
 
-def connect(uri: str, timeout_ms: int = 3000) -> MongoClient:
+def connect(uri: str, timeout_ms: int = 3000, **client_options: Any) -> MongoClient:
     """A client whose server answered a ping; MongoUnavailable (naming the URI) if not."""
     client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms,
-                                      connectTimeoutMS=timeout_ms)
+                                      connectTimeoutMS=timeout_ms, **client_options)
     try:
         client.admin.command("ping")
     except (ServerSelectionTimeoutError, ConnectionFailure) as e:
@@ -133,34 +138,73 @@ def load_catalogue(catalogue: Catalogue, uri: str, db: str = DB,
 
 
 class MongoCatalogue:
-    """A `helpers.catalogue.protocol.Catalogue` read from the collection `load_catalogue` wrote."""
+    """A `helpers.catalogue.protocol.Catalogue` read from the collection `load_catalogue` wrote.
 
-    def __init__(self, uri: str, db: str = DB, collection: str = COLLECTION) -> None:
-        self.uri = uri
-        self.client = connect(uri)
-        self.coll = self.client[db][collection]
-        self._meta = self.client[db][META].find_one({"_id": collection}) or {}
+    Built for a server that forks (gunicorn ``--preload``): the constructor checks the
+    server answers and reads the catalogue's meta document, then closes its client; each
+    process opens its own client on its first query (a client's sockets and monitor
+    threads must not cross a fork). No request reads the whole collection: ``len`` is the
+    count the load checked, pages are ranges on the indexed ``row``.
+    ``client_options`` go to every `MongoClient` (``event_listeners``: command monitoring).
+    """
+
+    def __init__(self, uri: str, db: str = DB, collection: str = COLLECTION,
+                 **client_options: Any) -> None:
+        self.uri, self.db_name, self.collection = uri, db, collection
+        self.client_options = client_options
+        self._client: MongoClient | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        check = connect(uri, **client_options)
+        try:
+            self._meta = check[db][META].find_one({"_id": collection}) or {}
+        finally:
+            check.close()
         self._paths: dict[int, CategoryPath | None] = {}
+        self._count: int | None = self._meta.get("count")
+
+    @property
+    def client(self) -> MongoClient:
+        """This process's client, opened on first use (again in a child after a fork)."""
+        pid = os.getpid()
+        if self._client is None or self._pid != pid:
+            with self._lock:
+                if self._client is None or self._pid != pid:
+                    # An inherited client is dropped, not closed: its sockets are the
+                    # parent's, still in use there.
+                    self._client = MongoClient(self.uri, **{**TIMEOUTS, **self.client_options})
+                    self._pid = pid
+        return self._client
+
+    @property
+    def coll(self) -> Collection:
+        return self.client[self.db_name][self.collection]
 
     def close(self) -> None:
-        self.client.close()
+        """Close this process's client (a later query opens a new one)."""
+        with self._lock:
+            if self._client is not None and self._pid == os.getpid():
+                self._client.close()
+            self._client = None
 
     def __repr__(self) -> str:
-        return f"MongoCatalogue({len(self):,} products, {self.uri} {self.coll.full_name})"
+        return (f"MongoCatalogue({len(self):,} products, {self.uri} "
+                f"{self.db_name}.{self.collection})")
 
     @property
     def fingerprint(self) -> str:
         return str(self._meta.get("fingerprint", ""))
 
     def __len__(self) -> int:
-        # Exact: estimated_document_count() reads metadata that a crash can leave at 0.
-        return int(self.coll.count_documents({}))
+        # The count the load checked and wrote to the meta document: exact, and no
+        # request counts every document (a health probe asks for it).
+        # estimated_document_count() reads metadata that a crash can leave at 0.
+        if self._count is None:  # a collection loaded without a meta count: count once
+            self._count = int(self.coll.count_documents({}))
+        return self._count
 
     def product(self, product_id: int) -> Product:
-        try:
-            pid = int(product_id)
-        except (TypeError, ValueError):
-            raise UnknownProductError(f"not a product id: {product_id!r}") from None
+        pid = as_product_id(product_id)
         doc = self.coll.find_one({"_id": pid})
         if doc is None:
             raise UnknownProductError(f"product id not in the catalogue: {pid}")

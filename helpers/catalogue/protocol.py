@@ -108,6 +108,25 @@ class Catalogue(Protocol):
         """Every product id, in catalogue order."""
 
 
+def as_product_id(value: Any) -> int:
+    """A product id from what a caller passed; UnknownProductError if it is not one."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UnknownProductError(f"not a product id: {value!r}") from None
+
+
+def rows_of(id_map: IdMap, product_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Catalogue rows of product ids (the one lookup of the array-backed catalogues);
+    UnknownProductError names the missing ones."""
+    pids = np.asarray(product_ids, np.int64).ravel()
+    rows = id_map.rows(pids, missing=-1)
+    if (rows < 0).any():
+        missing = pids[rows < 0][:5].tolist()
+        raise UnknownProductError(f"product id(s) not in the catalogue: {missing}")
+    return rows
+
+
 def iter_products(catalogue: Catalogue, start: int = 0,
                   page_size: int = 1000) -> Iterator[Product]:
     """Every product from position ``start`` on, read a page at a time."""
@@ -167,19 +186,10 @@ class ParquetCatalogue:
 
     def rows(self, product_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Catalogue rows of product ids; UnknownProductError names the missing ones."""
-        pids = np.asarray(product_ids, np.int64).ravel()
-        rows = self._pid_map.rows(pids, missing=-1)
-        if (rows < 0).any():
-            missing = pids[rows < 0][:5].tolist()
-            raise UnknownProductError(f"product id(s) not in the catalogue: {missing}")
-        return rows
+        return rows_of(self._pid_map, product_ids)
 
     def product(self, product_id: int) -> Product:
-        try:
-            pid = int(product_id)
-        except (TypeError, ValueError):
-            raise UnknownProductError(f"not a product id: {product_id!r}") from None
-        return self._at(int(self.rows([pid])[0]))
+        return self._at(int(self.rows([as_product_id(product_id)])[0]))
 
     def products(self, product_ids: Sequence[int]) -> list[Product]:
         return [self._at(int(r)) for r in self.rows(product_ids)]

@@ -114,6 +114,20 @@ class IdMap:
             self._order = np.argsort(a, kind="stable")  # stable: repeats keep row order
             self._sorted = a[self._order]
 
+    @classmethod
+    def from_sorted(cls, sorted_ids: np.ndarray, order: np.ndarray | None = None) -> IdMap:
+        """A map over ids sorted beforehand (``order``: the rows that sort them; None when
+        they are in row order), used as they are: memory-mapped arrays stay on disk, shared
+        by the processes that map them, never copied or sorted again."""
+        if sorted_ids.dtype != np.int64 or sorted_ids.ndim != 1:
+            raise ValueError(f"sorted ids must be 1-D int64, got {sorted_ids.dtype} "
+                             f"{sorted_ids.shape}")
+        if order is not None and order.shape != sorted_ids.shape:
+            raise ValueError(f"order has shape {order.shape}, ids {sorted_ids.shape}")
+        m = cls.__new__(cls)
+        m._sorted, m._order = sorted_ids, order
+        return m
+
     def __len__(self) -> int:
         return int(self._sorted.shape[0])
 

@@ -1,6 +1,6 @@
 """Memory of processes and of files they map: is an index file shared or copied?
 
-Linux only (reads /proc/<pid>/smaps); elsewhere the functions say so.
+Linux only (reads /proc/<pid>/smaps and smaps_rollup); elsewhere the functions say so.
 
 Imports pandas and helpers.core.artifacts (reads /proc).
 """
@@ -48,6 +48,21 @@ def mapping_kb(pid: int, path: str | os.PathLike) -> dict[str, int]:
                 inside = len(head) >= 6 and head[-1] == target
             elif inside and head[0].rstrip(":") in totals:
                 totals[head[0].rstrip(":")] += int(head[1])
+    return totals
+
+
+def process_kb(pid: int) -> dict[str, int]:
+    """A process's memory (kB) from /proc/<pid>/smaps_rollup: ``Rss`` (every resident page,
+    shared ones whole), ``Pss`` (shared pages divided among their sharers), ``Uss`` (pages
+    only it has: Private_Clean + Private_Dirty). Memory-mapped files that several workers
+    read count in Rss whole, in Pss by share, not in Uss."""
+    totals: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            head = line.split()
+            if len(head) >= 2 and head[0].endswith(":") and head[1].isdigit():
+                totals[head[0].rstrip(":")] = int(head[1])
+    totals["Uss"] = totals.get("Private_Clean", 0) + totals.get("Private_Dirty", 0)
     return totals
 
 

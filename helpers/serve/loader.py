@@ -7,11 +7,12 @@
     art.methods["faiss"].index.search(q, 10)
     art.available()                           # ["style", "faiss", "annoy"] (+ "elasticsearch")
 
-Start-up reads files only: the catalogue, the memory-mapped vector stores and the saved
-indexes (the "style" method's exact index is rebuilt from its vectors: a matrix copy, no
-model). Nothing is embedded. A missing artifact is one `ArtifactMissing` naming the command
-that builds it; a search method whose artifact is missing is listed, with that command, in
-``art.unavailable`` and the others still serve.
+Start-up reads files only: the catalogue (memory-mapped, `helpers.catalogue.columnar`: its
+``catalogue.arrow`` is written beside the Parquet file on first use, or when stale), the
+memory-mapped vector stores and the saved indexes (the "style" method's exact index is
+rebuilt from its vectors: a matrix copy, no model). Nothing is embedded. A missing artifact
+is one `ArtifactMissing` naming the command that builds it; a search method whose artifact
+is missing is listed, with that command, in ``art.unavailable`` and the others still serve.
 
 Artifacts are found by their manifests, through the one finder (`helpers.workspace.
 Workspace`: catalogues, vector stores single or sharded, indexes), not by folder names, so a
@@ -147,6 +148,23 @@ def _open_mongo(mongo_uri: str) -> Catalogue:
     return opener(mongo_uri) if opener else cls(mongo_uri)
 
 
+def _open_columnar(cat_dir: Path) -> Catalogue:
+    """The catalogue memory-mapped (`ColumnarCatalogue`: shared by the workers, no object
+    per product), its file written beside the Parquet one on first use. A folder that
+    cannot be written (a read-only deploy) serves the Parquet catalogue in memory instead."""
+    from helpers.catalogue.columnar import ColumnarCatalogue
+    from helpers.ingest.scan import CatalogueError
+
+    try:
+        return ColumnarCatalogue.open(cat_dir)
+    except CatalogueError as exc:  # one of an older format: its message names the rebuild
+        raise ArtifactMissing(str(exc)) from None
+    except OSError as exc:
+        log.warning("cannot write the serving catalogue in %s (%s): serving the Parquet "
+                    "catalogue, held in memory by each process", cat_dir, exc)
+        return open_catalogue(cat_dir)
+
+
 # -- loading ----------------------------------------------------------------------------------
 
 
@@ -171,12 +189,7 @@ def load_artifacts(work_dir: str | os.PathLike | None = None, *,
     if mongo_uri:
         catalogue = _open_mongo(mongo_uri)
     elif has_parquet:
-        from helpers.ingest.scan import CatalogueError
-
-        try:
-            catalogue = open_catalogue(cat_dir)
-        except CatalogueError as exc:  # one of an older format: its message names the rebuild
-            raise ArtifactMissing(str(exc)) from None
+        catalogue = _open_columnar(cat_dir)
     else:
         raise ArtifactMissing(f"no catalogue in {cat_dir}: build it with `{BUILD['catalogue']}`")
     bson = Path(bson_path or os.environ.get(ENV_BSON) or _bson_of(cat_dir) or "")

@@ -58,7 +58,8 @@ class Related:
         self._extractors: dict[tuple, Any] = {}  # one per model: see extractor()
         self._lock = threading.Lock()
         self._rows: dict[int, IdMap] = {}  # per store: its product ids -> rows
-        self._cats: dict[int, np.ndarray] = {}  # per store: category of each item
+        # per index: (category ids, items of each), sorted by id
+        self._cats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._products: dict[int, Any] = {}  # product id -> Product (immutable once loaded)
 
     # -- products (cached: a page shows the same products again and again) --
@@ -122,10 +123,18 @@ class Related:
         if category is None:
             # A remote engine (Elasticsearch) counts with a request: it pads instead.
             return len(method.index) if isinstance(method.index, LocalIndex) else 10**9
-        key = id(method.store)
+        key = id(method.index)
         if key not in self._cats:
-            self._cats[key] = self.art.catalogue.category_ids(method.store.product_ids)
-        return int(np.count_nonzero(self._cats[key] == int(category)))
+            # Items per category, counted once: the index's own categories where it keeps
+            # them (no catalogue query: MongoDB would look up every item), else the
+            # catalogue's categories of the store's items.
+            cats = method.index.categories if isinstance(method.index, LocalIndex) else None
+            if cats is None:
+                cats = self.art.catalogue.category_ids(method.store.product_ids)
+            self._cats[key] = np.unique(cats, return_counts=True)
+        ids, counts = self._cats[key]
+        i = int(np.searchsorted(ids, int(category)))
+        return int(counts[i]) if i < len(ids) and ids[i] == int(category) else 0
 
     # -- searches --
 

@@ -54,6 +54,11 @@ def start_mongod(port: int | None = None, workdir: Path | None = None,
     (workdir / "db").mkdir(parents=True, exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
     pidfile = workdir / "mongod.pid"
+    old_log = workdir / "logs" / "mongod.log"
+    if old_log.exists():
+        # A restart in the same folder: the last run's log says "Waiting for connections"
+        # too, and read before the new mongod rotates it, it would pass for this one's.
+        old_log.rename(old_log.with_name(f"mongod.log.{time.time_ns()}"))
     cmd = [str(binary), "--dbpath", str(workdir / "db"), "--port", str(port),
            "--bind_ip", "127.0.0.1", "--wiredTigerCacheSizeGB", str(cache_gb),
            "--logpath", str(workdir / "logs" / "mongod.log"), "--nounixsocket"]
