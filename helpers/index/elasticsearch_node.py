@@ -158,7 +158,7 @@ def wait_for_copies(client: Elasticsearch, name: str, replicas: int,
     except ApiError as e:
         if e.status_code != 408:  # a health wait that timed out answers 408
             raise
-        health, timed_out = e.body, True
+        health, timed_out = (e.body if isinstance(e.body, dict) else {}), True
     if timed_out:
         raise ElasticsearchUnavailable(
             f"index {name!r}: shard copies not started in {timeout:.0f} s (health "
