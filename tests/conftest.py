@@ -1,19 +1,25 @@
-"""Shared fixtures: the real Kaggle sample (by path, never copied) and the built-in one."""
+"""Shared fixtures: the real Kaggle sample (by path, never copied) and the built-in one;
+`start_service`, how a test gets a server (a skip here, a failure in CI)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import bson
 import numpy as np
 import pytest
 
+from helpers.core.errors import ServiceUnavailable
 from helpers.core.paths import CDISCOUNT_DIR, SAMPLE_BSON, SAMPLE_CATEGORIES
 from helpers.ingest import bson_store
 
 # Passes the catalogue's marker check but is no JPEG: the embedding rejects it.
 FAKE_JPEG = b"\xff\xd8" + bytes(range(256)) * 2 + b"\xff\xd9"
+
+T = TypeVar("T")
 
 # Keep TensorFlow quiet and on the CPU in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,6 +35,25 @@ def _shared(name: str) -> Path:
             pytest.fail(msg + ": CI must have it", pytrace=False)
         pytest.skip(msg)
     return path
+
+
+def _start_service(starter: Callable[[], T]) -> T:
+    """The started server. One that cannot be had here (no java / maven / mongod, or it did
+    not come up: ServiceUnavailable) is a skip, with why; in CI, where every service must
+    run, a failure. Any other error is a bug of ours and fails the test everywhere."""
+    try:
+        return starter()
+    except ServiceUnavailable as exc:
+        msg = f"server not available here: {type(exc).__name__}: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(msg + ": CI must have it", pytrace=False)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def start_service() -> Callable[[Callable[[], T]], T]:
+    """`start_service(start_mongod)`: a server for a fixture (see `_start_service`)."""
+    return _start_service
 
 
 BUILTIN_DOCS = 100  # documents of the committed sample that the "builtin" case uses

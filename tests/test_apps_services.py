@@ -3,7 +3,6 @@ Elasticsearch method when a real node answers (and its absence when it does not)
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np
@@ -17,48 +16,35 @@ from helpers.serve.related import Related
 from helpers.workspace import Workspace
 
 
-def _start(starter):
-    """The started server. One that cannot be had here (no java / maven / mongod, or it did
-    not come up: ServiceUnavailable) is a skip, with why; in CI, where both must run, a
-    failure. Any other error is a bug of ours and fails the test everywhere."""
-    try:
-        return starter()
-    except ServiceUnavailable as exc:
-        msg = f"server not available here: {type(exc).__name__}: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(msg + ": CI must have it", pytrace=False)
-        pytest.skip(msg)
-
-
-def test_a_server_that_does_not_start(monkeypatch):
+def test_a_server_that_does_not_start(monkeypatch, start_service):
     def no_java():
         raise ServiceUnavailable("needs Java 21+")
 
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="needs Java"):
-        _start(no_java)
+        start_service(no_java)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="needs Java.*CI must have it"):
-        _start(no_java)
+        start_service(no_java)
     monkeypatch.delenv("CI")
     with pytest.raises(KeyError):  # a bug in starting it is not "not available here"
-        _start(lambda: {}["port"])
+        start_service(lambda: {}["port"])
 
 
 @pytest.fixture(scope="module")
-def mongod():
+def mongod(start_service):
     from helpers.services.servers import start_mongod
 
-    server = _start(start_mongod)
+    server = start_service(start_mongod)
     yield server
     server.cleanup()
 
 
 @pytest.fixture(scope="module")
-def es_node():
+def es_node(start_service):
     from helpers.services.servers import start_elasticsearch
 
-    server = _start(start_elasticsearch)
+    server = start_service(start_elasticsearch)
     yield server
     server.cleanup()
 

@@ -147,6 +147,18 @@ def test_add_remove_and_padding(node, sample):
     ix.drop()
 
 
+def test_replicas_one_node_cannot_hold_leave_it_yellow_and_answering(node, sample):
+    """replicas=1 on one node: the replicas stay unassigned, so the load waits for yellow
+    (not for a green that cannot come) and every search is answered by the primaries."""
+    v, ids = sample["vectors"][:50], sample["ids"][:50]
+    ix = build_index("elasticsearch", v, ids, url=node.url, index="vps-test-replica",
+                     recreate=True, replicas=1)
+    health = ix.client.cluster.health(index=ix.index)
+    assert (health["status"], health["unassigned_shards"], len(ix)) == ("yellow", 1, 50)
+    assert (ix.search(v[:5], K).ids >= 0).all()
+    ix.drop()
+
+
 def test_image_level_documents_name_their_product(node, sample):
     pids = sample["ids"][:20]
     item = item_ids.encode(np.repeat(pids, 2), np.tile([0, 1], 20))

@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 
 from helpers.core import ids as item_ids
 from helpers.core.ids import describe
-from helpers.index.elasticsearch_node import EXACT, VECTOR, ElasticsearchUnavailable, reason
+from helpers.index.elasticsearch_node import (
+    EXACT,
+    VECTOR,
+    ElasticsearchUnavailable,
+    reason,
+    wait_for_copies,
+)
 from helpers.index.errors import DuplicateIdError, UnknownIdError
 from helpers.index.protocol import as_unit_vectors
 
@@ -109,6 +115,8 @@ def load(index: ElasticsearchIndex, v: np.ndarray, pids: np.ndarray, cats: np.nd
         index.client.indices.put_settings(index=index.index,
                                           settings={"refresh_interval": "1s"})
         index.client.indices.refresh(index=index.index)
+        # On a cluster: the load is done once every replica is started and holds it.
+        wait_for_copies(index.client, index.index, int(index.build_params["replicas"]))
     except (ESConnectionError, TransportError) as e:
         raise ElasticsearchUnavailable(f"Elasticsearch at {index.url}: {reason(e)}") from None
     if failures:

@@ -84,7 +84,6 @@ from helpers.index.errors import (
     EmptyIndexError,
     IndexInputError,
     IndexMismatchError,
-    InvalidKError,
     UnknownIdError,
 )
 from helpers.index.manifest import (
@@ -105,6 +104,7 @@ from helpers.index.protocol import (
     as_category_filter,
     as_ids,
     as_unit_vectors,
+    check_k,
 )
 
 __all__ = ["DEFAULT_URL", "INDEX_TYPES", "BulkIndexError", "ElasticsearchIndex",
@@ -175,6 +175,9 @@ class ElasticsearchIndex:
             level ids are packed item ids (helpers.core.ids) and product_id is decoded from them.
         catalogue: a Catalogue (helpers.catalogue.protocol): names, picture counts.
         index_type, m, ef_construction: the dense_vector `index_options`.
+        shards, replicas: the index's primary shards and copies of each; on a cluster the
+            load returns once every copy it can place is started (green; yellow when the
+            replicas outnumber the other nodes).
         num_candidates, oversample: the initial search knobs (see the class docstring).
         exact_field: add the `vector_exact` flat field (the exact yardstick); default: only
             when the node has no Painless for script_score.
@@ -291,7 +294,7 @@ class ElasticsearchIndex:
     def search(self, queries: np.ndarray, k: int, category: Category = None) -> SearchResult:
         """Approximate kNN; the category filter runs inside the kNN clause."""
         q = as_unit_vectors(queries, self.dim, "queries")
-        k = _check_k(k)
+        k = check_k(k, MAX_K, " (Elasticsearch's limit)")
         nc = min(MAX_K, max(int(self.params["num_candidates"]), k))
         filt = self._filter(category)
         return self._msearch([self._knn(VECTOR, row, k, nc, filt) for row in q], k)
@@ -300,7 +303,7 @@ class ElasticsearchIndex:
                      category: Category = None) -> SearchResult:
         """Exact cosine top k, computed by the node: the yardstick of `search`."""
         q = as_unit_vectors(queries, self.dim, "queries")
-        k = _check_k(k)
+        k = check_k(k, MAX_K, " (Elasticsearch's limit)")
         filt = self._filter(category)
         how = self._meta["exact"]
         if how == "script_score":
@@ -316,7 +319,7 @@ class ElasticsearchIndex:
         pids = np.atleast_1d(np.asarray(product_ids))
         if pids.ndim != 1 or (pids.size and not np.issubdtype(pids.dtype, np.integer)):
             raise UnknownIdError(f"product ids must be ints, got {product_ids!r}")
-        k = _check_k(k)
+        k = check_k(k, MAX_K, " (Elasticsearch's limit)")
         q = self.vectors(pids)
         nc = min(MAX_K, max(int(self.params["num_candidates"]), k))
         filt = self._filter(category)
@@ -396,14 +399,3 @@ class ElasticsearchIndex:
     def drop(self) -> None:
         """Delete the index from the node."""
         self.client.indices.delete(index=self.index, ignore_unavailable=True)
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer):
-        raise InvalidKError(f"k must be an int, got {k!r}")
-    if not 1 <= k <= MAX_K:
-        raise InvalidKError(f"k must be in [1, {MAX_K}] (Elasticsearch's limit), got {k}")
-    return int(k)

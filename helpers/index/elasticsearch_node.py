@@ -4,6 +4,7 @@
 (`ElasticsearchUnavailable` otherwise, saying how to start one); `index_name` names an
 index per (model, level); `index_mapping` / `create` write the `dense_vector` mapping with
 the index's settings in `_meta` (how a re-run recognises an index it can reuse);
+`wait_for_copies` waits for the shard copies a cluster can place (green, or yellow);
 `knn_body` / `script_score_body` are the search request bodies, `msearch` sends them in
 batches and maps the answers to a `SearchResult` (cosine scores, padded). Used by
 `helpers.index.elasticsearch_index` and `helpers.index.elasticsearch_bulk`. Imports numpy,
@@ -36,7 +37,6 @@ SEARCH_BATCH = 256  # queries per _msearch request
 
 class ElasticsearchUnavailable(ServiceUnavailable):
     """No Elasticsearch answers at the URL (or it went away during a bulk load)."""
-
 
 
 def default_url() -> str:
@@ -140,6 +140,30 @@ def create(client: Elasticsearch, name: str, mapping: dict[str, Any], shards: in
         client.indices.delete(index=name)
     client.indices.create(index=name, mappings=mapping,
                           settings={"number_of_shards": shards, "number_of_replicas": replicas})
+    wait_for_copies(client, name, replicas)
+
+
+def wait_for_copies(client: Elasticsearch, name: str, replicas: int,
+                    timeout: float = 120.0) -> str:
+    """Block until every shard copy the cluster can place is started: health green when
+    the data nodes can hold a primary and `replicas` replicas apart, else yellow (1 node,
+    replicas 1: the replicas stay unassigned). Returns the colour; ElasticsearchUnavailable
+    if it is not reached in `timeout` s."""
+    nodes = int(client.cluster.health()["number_of_data_nodes"])
+    want = "green" if replicas < nodes else "yellow"
+    try:
+        health = client.options(request_timeout=timeout + 10).cluster.health(
+            index=name, wait_for_status=want, timeout=f"{timeout:.0f}s")
+        timed_out = bool(health["timed_out"])
+    except ApiError as e:
+        if e.status_code != 408:  # a health wait that timed out answers 408
+            raise
+        health, timed_out = (e.body if isinstance(e.body, dict) else {}), True
+    if timed_out:
+        raise ElasticsearchUnavailable(
+            f"index {name!r}: shard copies not started in {timeout:.0f} s (health "
+            f"{health.get('status')}, {health.get('unassigned_shards')} unassigned)")
+    return str(health["status"])
 
 
 def knn_body(field: str, q: np.ndarray, k: int, nc: int, filt: dict[str, Any] | None,
@@ -173,7 +197,8 @@ def msearch(client: Elasticsearch, index: str, url: str, bodies: Sequence[dict[s
     for start in range(0, len(bodies), SEARCH_BATCH):
         searches: list[dict[str, Any]] = []
         for body in bodies[start:start + SEARCH_BATCH]:
-            searches += [{"index": index}, body]
+            # An answer missing a shard (no live copy) is an error, never a short list.
+            searches += [{"index": index, "allow_partial_search_results": False}, body]
         try:
             resp = client.msearch(searches=searches)
         except (ESConnectionError, TransportError) as e:

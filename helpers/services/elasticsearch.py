@@ -9,10 +9,12 @@ Central (`org.elasticsearch.distribution.integ-test-zip:elasticsearch:<version>:
 fetched with `mvn dependency:copy` and unpacked once into the cache folder
 ($VPS_CACHE_DIR, else ~/.cache/visual-product-search, or /var/cache/visual-product-search
 for root, whose home other users cannot enter). It has no bundled JDK: Java 21+ is looked up
-under /usr/lib/jvm ($ES_JAVA_HOME wins). The node runs single-node, security off, heap
-512 MB, HTTP on loopback, data and logs in a temp folder, started with `-d -p pidfile` and
-stopped by that pid. Elasticsearch refuses to run as root: as root we create a system user
-(`vps-es`) and start the node as that user (setpriv), its folders owned by it.
+under /usr/lib/jvm ($ES_JAVA_HOME wins). The node runs single-node (or, given `cluster`
+settings, as a member of a cluster: helpers.services.elasticsearch_cluster), security off,
+heap 512 MB, HTTP on loopback, data and logs in a temp folder, started with
+`-d -p pidfile` and stopped by that pid. Elasticsearch refuses to run as root: as root
+we create a system user (`vps-es`) and start the node as that user (setpriv), its folders
+owned by it.
 
 This zip ships only the core modules: dense_vector and `knn` work; Painless scripting does
 not (no `script_score`; see helpers.index.elasticsearch_index for the exact yardstick).
@@ -34,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from helpers.core.errors import ServiceUnavailable
@@ -159,11 +162,15 @@ def _chown_tree(root: Path, user: pwd.struct_passwd) -> None:
 
 def start_elasticsearch(port: int | None = None, workdir: Path | None = None,
                         heap: str = ES_HEAP, version: str = ES_VERSION,
-                        timeout: float = ES_START_TIMEOUT, wait: bool = True) -> Server:
-    """Start a single-node Elasticsearch on 127.0.0.1:port (free port if None).
+                        timeout: float = ES_START_TIMEOUT, wait: bool = True,
+                        cluster: Mapping[str, str] | None = None) -> Server:
+    """Start an Elasticsearch node on 127.0.0.1:port (free port if None).
 
     workdir: data, logs and config (a new temp folder if None; reuse it to restart on the
     same data). wait=False returns at once: call `wait_for_elasticsearch(server)` later.
+    cluster: `-E` settings that make the node a member of a cluster (cluster.name,
+    node.name, transport.port, discovery.seed_hosts, cluster.initial_master_nodes: see
+    helpers.services.elasticsearch_cluster); None: a single-node cluster of its own.
     """
     home = ensure_elasticsearch(version)
     jdk = java_home(21 if int(version.split(".")[0]) >= 9 else 17)
@@ -201,6 +208,10 @@ def start_elasticsearch(port: int | None = None, workdir: Path | None = None,
         # A nearly full disk would otherwise make the indexes read-only mid-test.
         "cluster.routing.allocation.disk.threshold_enabled": "false",
     }
+    if cluster:
+        # A member discovers its peers instead (single-node refuses discovery settings).
+        del settings["discovery.type"]
+        settings |= dict(cluster)
     cmd = [str(home / "bin" / "elasticsearch"), "-d", "-p", str(pidfile)]
     cmd += [a for k, v in settings.items() for a in ("-E", f"{k}={v}")]
     if user is not None:
@@ -213,7 +224,8 @@ def start_elasticsearch(port: int | None = None, workdir: Path | None = None,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     console.close()
     server = Server("elasticsearch", url, workdir, pidfile, port,
-                    restart_args={"heap": heap, "version": version, "timeout": timeout},
+                    restart_args={"heap": heap, "version": version, "timeout": timeout,
+                                  "cluster": cluster},
                     starter=start_elasticsearch, owns_workdir=ours)
     server._launcher = proc  # type: ignore[attr-defined]
     server._t0 = t0  # type: ignore[attr-defined]
@@ -222,8 +234,10 @@ def start_elasticsearch(port: int | None = None, workdir: Path | None = None,
     return server
 
 
-def wait_for_elasticsearch(server: Server, timeout: float = ES_START_TIMEOUT) -> Server:
-    """Block until the node answers health yellow/green; ServiceUnavailable with its log."""
+def wait_for_elasticsearch(server: Server, timeout: float = ES_START_TIMEOUT,
+                           nodes: int = 1) -> Server:
+    """Block until the node answers health yellow/green with at least `nodes` nodes in its
+    cluster; ServiceUnavailable with its log."""
     t0 = getattr(server, "_t0", time.monotonic())
     launcher: subprocess.Popen | None = getattr(server, "_launcher", None)
     deadline = t0 + timeout
@@ -238,7 +252,9 @@ def wait_for_elasticsearch(server: Server, timeout: float = ES_START_TIMEOUT) ->
         # The -d launcher exits 0 once its node runs: until then a health answer could come
         # from another node already on that port.
         started = launcher is None or launcher.poll() == 0
-        if started and es_health(server.url) in ("yellow", "green"):
+        health = cluster_health(server.url) if started else None
+        if health and health.get("status") in ("yellow", "green") \
+                and health.get("number_of_nodes", 0) >= nodes:
             server.start_seconds = time.monotonic() - t0
             log.info("Elasticsearch up at %s (pid %s) in %.1f s", server.url, server.pid,
                      server.start_seconds)
@@ -252,8 +268,15 @@ def wait_for_elasticsearch(server: Server, timeout: float = ES_START_TIMEOUT) ->
 
 def es_health(url: str, timeout: float = 2.0) -> str | None:
     """The cluster health colour, or None if nothing answers at url."""
+    health = cluster_health(url, timeout)
+    return None if health is None else health.get("status")
+
+
+def cluster_health(url: str, timeout: float = 2.0) -> dict | None:
+    """`_cluster/health` of the node at url, or None if it does not answer (or has no
+    elected master yet: 503)."""
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/_cluster/health", timeout=timeout) as r:
-            return json.loads(r.read()).get("status")
+            return dict(json.loads(r.read()))
     except (OSError, ValueError, urllib.error.URLError):
         return None

@@ -94,8 +94,9 @@ class Server:
     def _our_pid(self) -> int | None:
         pid = self.pid
         if pid is not None and not self.is_ours(pid):
-            log.warning("%s: pid %d of %s is no longer the process we started; not "
-                        "signalling it", self.name, pid, self.pidfile)
+            if _process_identity(pid) is not None:  # gone (killed, crashed): nothing to say
+                log.warning("%s: pid %d of %s is no longer the process we started; not "
+                            "signalling it", self.name, pid, self.pidfile)
             return None
         return pid
 
