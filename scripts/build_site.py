@@ -251,6 +251,9 @@ def build(run_dir: Path, out: Path | None = None) -> Path:
     if not books:
         raise FileNotFoundError(f"no executed notebook in {run_dir}")
     out.mkdir(parents=True, exist_ok=True)
+    # Pages and screenshots of an earlier build whose notebooks this run may not have.
+    for stale in [*out.glob("[0-9][0-9]_*.html"), *out.glob("screenshots/*.png")]:
+        stale.unlink()
     exporter = _exporter()
     for i, stem in enumerate(books):
         nb = nbformat.read(run_dir / f"{stem}.ipynb", as_version=4)
