@@ -171,14 +171,16 @@ class Workspace:
                 log.warning("%s: %s", folder, exc)
         return sorted(out, key=lambda s: s.made_by.get("level", "product") != "product")
 
-    def indexes(self, method: str, store: StoreReads) -> list[Path]:
-        """Saved index folders of ``method`` built from ``store``, newest first: the vectors'
-        content id in the index's manifest, or (an index given plain metadata as its
-        source) the same model, size, level and catalogue in its meta.json."""
+    def indexes(self, method: str | tuple[str, ...], store: StoreReads) -> list[Path]:
+        """Saved index folders of ``method`` (or of any of several) built from ``store``,
+        newest first: the vectors' content id in the index's manifest, or (an index given
+        plain metadata as its source) the same model, size, level and catalogue in its
+        meta.json."""
         keys = ("model", "image_size", "level", "catalogue_sha256")
+        methods = (method,) if isinstance(method, str) else tuple(method)
         out = []
         for folder, manifest in self.find("index"):
-            if manifest.get("settings", {}).get("method") != method:
+            if manifest.get("settings", {}).get("method") not in methods:
                 continue
             made_from = manifest.get("inputs", {}).get("vectors")
             if made_from is not None:

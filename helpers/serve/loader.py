@@ -222,7 +222,7 @@ def _open_features(ws: Workspace, fingerprint: str, methods: tuple[str, ...]) ->
     hide the one the indexes were built on)."""
     stores = ws.stores(FEATURE_MODELS, catalogue=fingerprint)
     for store in stores:
-        if any(ws.indexes(m, store) for m in methods if m != "style"):
+        if any(ws.indexes(ENGINES.get(m, m), store) for m in methods if m != "style"):
             return store
     return stores[0] if stores else None
 
@@ -253,6 +253,11 @@ def _style_method(ws: Workspace, catalogue: Catalogue, fingerprint: str) -> Meth
     return _method("style", index=index, store=store, upload=False)
 
 
+# The app's "faiss" method serves any FAISS index of the run, newest first: the in-RAM kind
+# notebook 03 builds on a sample, or the compressed one it builds for the full dump.
+ENGINES = {"faiss": ("faiss", "faiss_compressed")}
+
+
 def _index_method(ws: Workspace, name: str, features: Any) -> Method:
     from helpers.index import METHODS, load_index
 
@@ -266,7 +271,7 @@ def _index_method(ws: Workspace, name: str, features: Any) -> Method:
     if features is None:
         return _method(name, reason=f"no MobileNetV2 or EfficientNet-Lite2 vectors: build "
                                     f"them with `{BUILD['vectors']}`")
-    folders = ws.indexes(name, features)
+    folders = ws.indexes(ENGINES.get(name, name), features)
     if not folders:
         return _method(name, reason=f"no {name} index: build it with `{BUILD.get(name, '')}`")
     errors = []
