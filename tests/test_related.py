@@ -83,6 +83,7 @@ def test_vectors_of_another_catalogue_are_skipped(tmp_path, app_artifacts, sampl
     root = tmp_path / "art"
     shutil.copytree(app_artifacts, root, symlinks=True, ignore=shutil.ignore_patterns("catalogue"))
     # another catalogue than the vectors were made from, where the run keeps catalogues
+    (root / "run.json").unlink()  # (made by hand: a notebook would be refused)
     Workspace(root).catalogue(sample_bson, sample_categories, limit=40)
     with pytest.raises(ArtifactMissing, match="no search method"):
         load_artifacts(root)
@@ -94,6 +95,7 @@ def test_serves_the_catalogue_the_vectors_were_made_from(tmp_path, app_artifacts
 
     root = tmp_path / "art"
     shutil.copytree(app_artifacts, root, symlinks=True)
+    (root / "run.json").unlink()  # another catalogue, made by hand: a notebook is refused
     Workspace(root).catalogue(sample_bson, sample_categories, limit=40)  # newer, no vectors
     assert len(Workspace(root).catalogues()) == 2
     a = load_artifacts(root)
