@@ -246,6 +246,7 @@ def test_add_then_search_finds_it(data):
             with pytest.raises(NotSupportedError, match="rebuild instead"):
                 index.add(new, new_ids, np.array([RARE] * 3))
             continue
+        index.search(new, 18, category=RARE)  # category rows cached before the add
         index.add(new, new_ids, np.array([RARE] * 3))
         assert len(index) == N + 3
         res = index.search(new, 1)

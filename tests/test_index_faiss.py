@@ -203,3 +203,25 @@ def test_one_layer_walker_for_faiss_index_and_compressed():
                                                                      "IndexHNSWFlat"]
     flat = faiss.IndexFlatIP(8)
     assert faiss_layers.layers(flat)[0] is not None and len(faiss_layers.layers(flat)) == 1
+
+
+def test_category_selector_is_built_once_per_version(clustered, monkeypatch):
+    """A filtered search builds the FAISS selector of a category once; later searches
+    reuse it (a rare category costs its members once, not per query), and an add makes
+    a new index version whose selector includes the new member."""
+    from helpers.index import faiss_index
+
+    built = []
+    real = faiss_index.id_selector
+    monkeypatch.setattr(faiss_index, "id_selector",
+                        lambda ids, *a: built.append(len(ids)) or real(ids, *a))
+    v, ids, cats = clustered["vectors"], clustered["ids"], clustered["categories"]
+    index = build_index("faiss", v, ids, cats, factory="IVF8,Flat", nprobe=8)
+    for _ in range(3):
+        res = index.search(clustered["queries"], 5, category=99)
+        assert np.isin(res.ids, ids[cats == 99]).all()
+    index.search(clustered["queries"], 5, category=[1, 99])
+    assert built == [12, int(np.isin(cats, [1, 99]).sum())]
+    index.add(v[:1] + 0.01, [7], [99])
+    assert 7 in index.search(v[:1] + 0.01, 13, category=99).ids
+    assert built[-1] == 13
