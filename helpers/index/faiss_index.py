@@ -64,6 +64,7 @@ DEFAULT_EF_SEARCH = 64
 DEFAULT_K_FACTOR = 4
 MIN_POINTS_PER_LIST = 39  # below this FAISS k-means warns; we warn too
 TRAIN_CAP = 500_000  # default training sample: k-means and PQ gain nothing from more
+TRAIN_BLAS_THRESHOLD = 20  # FAISS's value before 1.15: BLAS for 20 points and more
 
 
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
@@ -306,10 +307,17 @@ def _train(index: faiss.Index, v: np.ndarray, factory: str) -> None:
             f"(< {MIN_POINTS_PER_LIST} per list): k-means lists will be poor",
             stacklevel=4,
         )
+    # FAISS 1.15 computes distances without BLAS below nq x d = 128,000: k-means on PQ
+    # sub-vectors (d = 4 or 8) then takes 10x longer on few threads (faiss#4925, #5109).
+    # Training only, and put back after: the process-wide value of searches stays.
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = TRAIN_BLAS_THRESHOLD
     try:
         index.train(v)
     except RuntimeError as e:
         raise TrainingError(f"{factory}: training failed: {_faiss_msg(e)}") from None
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
 
 
 def _faiss_msg(e: RuntimeError) -> str:
