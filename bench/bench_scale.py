@@ -2,7 +2,7 @@
 
     flock /tmp/vps-heavy.lock python bench/bench_scale.py              # all three parts
     python bench/bench_scale.py --only scan --size-gb 3 --keep
-    python bench/bench_scale.py --only index --n-vectors 1000000
+    python bench/bench_scale.py --only index --n-vectors 1001000 --train-size 160000
     python bench/bench_scale.py --only sizes --sizes 180 128
 
 scan:  a multi-GB Cdiscount-format file of real documents with the real category skew
@@ -14,14 +14,14 @@ embed: pictures/s of the ONNX MobileNetV2 pipeline at 180 px (native size) on re
        Cdiscount photos: in-process baseline, Dask 2 workers x 1 thread, 1 worker x 2 ORT
        threads; per worker and per node; worker memory.
 sizes: pictures per CPU-second and precision@10 at smaller picture sizes.
-index: simulated MobileNetV2-like vectors at 1 M+ (real spectrum, real category skew),
-       a sharded memory-mapped store; PCA + IVF-PQ + SQ8 refine trained on a sample and
-       added in chunks; recall@10 vs exact search on the same reduced vectors and on the
-       full 1280-d ones; RAM measured by loading the index in a fresh process; bytes per
-       vector extrapolated to 12.4 M.
+index: the `faiss_compressed` method at 1 M+ simulated MobileNetV2-like vectors (real
+       spectrum, real category skew) in a sharded memory-mapped store: built from it,
+       loaded in a fresh process, recall@10 vs exact 1280-d cosine, p99 of one query, a
+       0.01 % category as the filter, resident memory projected to 12.4 M
+       (bench/scale_index.py).
 Then the projection of a full train.bson run (58 GB, 12,371,293 pictures) on 1 node and
 on 8 nodes from the measured rates. Targets: <= 8 h on one 2-core node, <= 1 h on 8;
-index <= 4 GB at recall@10 >= 0.9.
+index <= 4 GB resident at 12.4 M, recall@10 >= 0.9 vs exact 1280-d, p99 <= 50 ms.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,11 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: no spinning threads
 
 from _report import row  # noqa: E402
-from simulate import DATA, category_skew, imbalance, make_bson, make_vectors  # noqa: E402
+from scale_index import add_arguments, bench_index, index_rows  # noqa: E402
+from simulate import DATA, make_bson  # noqa: E402
 
 from helpers.catalogue.protocol import ParquetCatalogue  # noqa: E402
 from helpers.core.paths import CDISCOUNT_DIR  # noqa: E402
-from helpers.index import compressed as bi  # noqa: E402
+from helpers.index.protocol import as_unit_vectors  # noqa: E402
 from helpers.ingest import scan as cat  # noqa: E402
 from helpers.scale import distributed as dist  # noqa: E402
 
@@ -202,7 +202,7 @@ def bench_sizes(args: argparse.Namespace) -> dict:
             rate = len(st) / (_cpu() - c0)
             v = embed_catalogue(ParquetCatalogue(sample), SAMPLE_BSON, ex, tmp / f"s{size}",
                                 image_size=size, progress=False)
-            x = bi.unit(np.asarray(v.vectors))
+            x = as_unit_vectors(np.asarray(v.vectors))
             cats = cat.categories_of(sample, v.product_ids)
             nn = np.argsort(-(x @ x.T), axis=1)[:, 1:11]
             prec = precision_at_k(cats[nn], cats, 10)
@@ -214,114 +214,6 @@ def bench_sizes(args: argparse.Namespace) -> dict:
     print(f"{'px':>5}{'pictures/CPU-s':>16}{'precision@10':>14}{'1-node hours':>14}")
     for size, rate, prec in rows:
         print(f"{size:>5}{rate:>16,.0f}{prec:>14.3f}{TRAIN_PICTURES / (2 * rate) / 3600:>14.1f}")
-    return out
-
-
-# ---------------------------------------------------------------- index
-
-
-def _exact(chunks, queries: np.ndarray, k: int, transform=None) -> np.ndarray:
-    """Exact k nearest (L2) of ``queries`` over row chunks, one chunk in RAM at a time."""
-    import faiss
-
-    heap = faiss.ResultHeap(len(queries), k, keep_max=False)
-    for start, block in chunks:
-        x = bi.unit(block) if transform is None else transform(block)
-        flat = faiss.IndexFlatL2(x.shape[1])
-        flat.add(x)
-        d, i = flat.search(queries, k)
-        heap.add_result(d, np.where(i < 0, -1, i + start))
-    heap.finalize()
-    return heap.I
-
-
-def _recall(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, b, strict=True)]))
-
-
-def _loaded_rss(path: Path, table: bool) -> int:
-    """RSS growth of a fresh process loading the index. table=False: IVFPQ's precomputed
-    L2 table (nlist x M x 256 floats, built at load) is not made (slightly slower search)."""
-    code = ("import faiss,sys\n"
-            f"faiss.cvar.precomputed_table_max_bytes = {2**31 if table else 0}\n"
-            "r=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0]"
-            ".split()[1])*1024\n"
-            "a=r(); i=faiss.read_index(sys.argv[1]); print(r()-a)")
-    return int(subprocess.check_output([sys.executable, "-c", code, str(path)]).strip())
-
-
-def bench_index(args: argparse.Namespace) -> dict:
-    import faiss
-
-    n, nq, k = args.n_vectors, args.queries, 10
-    folder = DATA / f"vectors-{n + nq}"
-    t0 = time.perf_counter()
-    if (folder / "shards.json").exists():
-        from helpers.vectors.sharded import ShardedVectorStore
-
-        store, cats = ShardedVectorStore(folder), np.load(folder / "categories.npy")
-    else:
-        store, cats = make_vectors(n + nq, folder, within=args.within)
-    print(f"\n{store} in {time.perf_counter() - t0:.0f} s; queries: the last {nq} rows "
-          f"(held out); {store.vectors.nbytes / 1e9:.1f} GB memory-mapped")
-    m = store.vectors
-    queries = bi.unit(m[n : n + nq])
-    db_chunks = lambda: ((s, b) for s, b in m.chunks(65536) if s < n)  # noqa: E731
-    db_chunks_cut = lambda: ((s, b[: n - s]) for s, b in db_chunks())  # noqa: E731
-    t0 = time.perf_counter()
-    cached = folder / f"truth-{n}-{nq}.npy"
-    truth_full = np.load(cached) if cached.exists() else _exact(db_chunks_cut(), queries, k)
-    np.save(cached, truth_full)
-    print(f"exact 1280-d ground truth: {time.perf_counter() - t0:.0f} s")
-    sizes = np.bincount(np.unique(cats[:n], return_inverse=True)[1])
-    real = category_skew()["images"].to_numpy()
-    print(f"category imbalance factor: simulated {imbalance(sizes):.1f}, "
-          f"real train.bson {imbalance(real):.1f}")
-    results, out = [], {}
-    for dim in args.dims:
-        nlist = args.nlist
-        index = bi.compressed_index(dim=dim, nlist=nlist, pq=args.pq)
-        t0 = time.perf_counter()
-        bi.train(index, m, train_size=min(n, 39 * nlist), limit=n)
-        train_s = time.perf_counter() - t0
-        empty = bi.nbytes(index)
-        t0 = time.perf_counter()
-        bi.add_chunks(index, m, store.item_ids, limit=n)
-        add_s = time.perf_counter() - t0
-        size = bi.nbytes(index)
-        path = DATA / f"index-{dim}.faiss"
-        faiss.write_index(index, str(path))
-        rss, rss_table = _loaded_rss(path, table=False), _loaded_rss(path, table=True)
-        path.unlink()
-        table = nlist * 256 * 4 * args.pq  # IVFPQ's precomputed L2 table, if enabled
-        truth_red = _exact(db_chunks_cut(), bi.reduce(index, queries), k,
-                           transform=lambda b, ix=index: bi.reduce(ix, b))
-        per_vec = (size - empty) / n
-        at_12m = empty + per_vec * TRAIN_PICTURES  # same nlist: ~3,000 vectors a list
-        lost = _recall(truth_red, truth_full)
-        print(f"\nPCA{dim},IVF{nlist},PQ{args.pq},Refine(SQ8): train {train_s:.0f} s "
-              f"({min(n, 39 * nlist):,} vectors), add {add_s:.0f} s in 64k-row chunks; "
-              f"list imbalance {bi.list_imbalance(index):.2f}")
-        print(f"  size {size / 2**20:,.0f} MiB serialized; RSS of a fresh process loading it "
-              f"{rss / 2**20:,.0f} MiB (precomputed table off), {rss_table / 2**20:,.0f} MiB "
-              f"(on: +{table / 2**20:,.0f} MiB, nlist x {args.pq} x 256 floats)")
-        print(f"  {per_vec:.0f} B/vector -> {at_12m / 1e9:.2f} GB at 12.4 M "
-              f"({at_12m / 2**30:.2f} GiB), table off")
-        print(f"  exact on the {dim}-d vectors vs exact 1280-d: recall@10 {lost:.3f}")
-        print(f"  {'nprobe':>7}{'k_factor':>9}{'r@10 vs exact-' + str(dim):>18}"
-              f"{'r@10 vs 1280-d':>16}{'QPS':>8}")
-        for nprobe, kf in args.knobs:
-            bi.search(index, queries[:50], k, nprobe, kf)  # warm
-            t0 = time.perf_counter()
-            _, ids = bi.search(index, queries, k, nprobe, kf)
-            qps = nq / (time.perf_counter() - t0)
-            r_red, r_full = _recall(ids, truth_red), _recall(ids, truth_full)
-            print(f"  {nprobe:>7}{kf:>9}{r_red:>18.3f}{r_full:>16.3f}{qps:>8,.0f}")
-            results.append((dim, nprobe, kf, r_red, r_full, qps, at_12m, rss))
-        del index
-    ok = [r for r in results if r[3] >= 0.9 and r[6] <= 4e9]
-    best = max(ok, key=lambda r: r[5]) if ok else max(results, key=lambda r: r[3])
-    out["index"] = best
     return out
 
 
@@ -339,16 +231,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--embed-part-mb", type=int, default=4)
     ap.add_argument("--sizes", type=int, nargs="+", default=[180, 144, 128],
                     help="picture sizes compared by --only sizes")
-    ap.add_argument("--n-vectors", type=int, default=1_000_000)
-    ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--within", type=float, default=0.6,
-                    help="share of variance inside a category (real sample 0.50, built-in 0.72)")
-    ap.add_argument("--dims", type=int, nargs="+", default=[256, 128])
-    ap.add_argument("--nlist", type=int, default=4096)
-    ap.add_argument("--pq", type=int, default=32)
-    ap.add_argument("--knobs", type=lambda t: [tuple(map(int, x.split(":"))) for x in t.split(",")],
-                    default="32:16,64:32,128:32,128:64,256:64,512:128",
-                    help="nprobe:k_factor pairs searched")
+    add_arguments(ap)  # the index part's: --n-vectors, --nlist, --pq, --knobs ...
     ap.add_argument("--keep", action="store_true", help="keep the multi-GB files")
     args = ap.parse_args(argv)
     parts = args.only.split(",")
@@ -362,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "sizes" in parts:
             got |= bench_sizes(args)
         if "index" in parts:
-            got |= bench_index(args)
+            got |= bench_index(args, DATA)
     finally:
         if not args.keep:
             for p in [DATA / "scale.bson", *DATA.glob("vectors-*")]:
@@ -398,17 +281,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  row(f"full train.bson embedding at {size} px, 8 nodes (projected)",
                      hours / 8, 1, unit="h", higher_is_better=False, note=note)]
     if "index" in got:
-        dim, nprobe, kf, r_red, r_full, qps, at_12m, rss = got["index"]
-        ok = r_red >= 0.9 and at_12m <= 4e9
-        print(f"index: PCA{dim} nprobe {nprobe} k_factor {kf}: recall@10 {r_red:.3f} vs exact "
-              f"on reduced vectors, {r_full:.3f} vs 1280-d; {at_12m / 1e9:.2f} GB at 12.4 M: "
-              f"target <= 4 GB at >= 0.9: {'met' if ok else 'short'}")
-        n = f"{args.n_vectors / 1e6:g}M simulated, PCA{dim} nprobe {nprobe} k_factor {kf}"
-        rows += [row(f"compressed index recall@10 vs exact on reduced vectors, {n}", r_red,
-                     0.9, unit=""),
-                 row(f"compressed index size at 12.4 M vectors, {n}", at_12m / 1e9, 4,
-                     unit="GB", higher_is_better=False),
-                 row(f"compressed index recall@10 vs exact 1280-d, {n}", r_full, unit="")]
+        rows += index_rows(got)
     return rows
 
 

@@ -212,30 +212,6 @@ def test_open_vectors_and_unknown_id(sample_catalogue, sample_bson, tmp_path):
         ShardedVectorStore(tmp_path, expect={"image_size": 224})
 
 
-def test_compressed_index_built_in_chunks_from_shards():
-    """PCA + IVF-PQ + SQ8 refine, trained on a sample, added chunk by chunk from shards."""
-    from helpers.index import compressed as bi
-
-    rng = np.random.default_rng(0)
-    centres = rng.random((20, 64), dtype=np.float32) * 4
-    x = (centres[rng.integers(0, 20, 6000)] + rng.random((6000, 64), dtype=np.float32))
-    m = ShardedMatrix([x[:2500], x[2500:4000], x[4000:]], 64)
-    ids = np.arange(6000, dtype=np.int64) * 7 + 3
-    index = bi.compressed_index(d=64, dim=32, nlist=16, pq=8)
-    bi.train(index, m, train_size=4000)
-    bi.add_chunks(index, m, ids, rows=1000)
-    assert index.ntotal == 6000
-    q = x[::300]
-    _, got = bi.search(index, q, k=10, nprobe=16, k_factor=16)
-    assert (got[:, 0] == ids[::300]).all()  # each query's own vector first, by its id
-    red = bi.reduce(index, x)
-    d = ((red[::300, None, :] - red[None, :, :]) ** 2).sum(-1)
-    exact = ids[np.argsort(d, axis=1)[:, :10]]
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact, strict=True)])
-    assert recall >= 0.9
-    assert bi.nbytes(index) > 6000 * (8 + 8 + 32)  # PQ codes + ids + SQ8 codes are stored
-
-
 def test_other_settings_move_old_shards_aside(sample_catalogue, sample_bson, tmp_path):
     first = _embed(sample_catalogue, sample_bson, tmp_path)
     again = _embed(sample_catalogue, sample_bson, tmp_path, image_size=48)
@@ -273,45 +249,3 @@ def test_in_process_workers_are_not_paused_by_the_callers_memory(sample_bson, sa
         assert status == {"running"}, status
     s = _local(sample_bson, tmp_path / "dask", sample_categories, partition_bytes=1_000_000)
     assert s.products_kept >= 1000 and hog[-1] == 1
-
-
-def test_compressed_index_search_knobs_are_per_call():
-    """Two threads searching one index with different nprobe / k_factor get what each
-    would alone; the index's own settings are left as they were."""
-    import threading
-
-    import faiss
-
-    from helpers.index import compressed as bi
-    from helpers.index.faiss_layers import layers
-
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(4000, 32)).astype(np.float32)
-    index = bi.compressed_index(d=32, dim=16, nlist=16, pq=4)
-    bi.train(index, x, train_size=4000)
-    bi.add_chunks(index, x, np.arange(4000, dtype=np.int64))
-    ivf = next(layer for layer in layers(index) if isinstance(layer, faiss.IndexIVF))
-    refine = next(layer for layer in layers(index) if isinstance(layer, faiss.IndexRefine))
-    before = (ivf.nprobe, refine.k_factor)
-    q = x[:20]
-    knobs = {"narrow": (1, 1), "wide": (16, 8)}
-    want = {name: bi.search(index, q, 10, *kv) for name, kv in knobs.items()}
-    assert (ivf.nprobe, refine.k_factor) == before  # a call leaves the index's own
-    assert not np.array_equal(want["narrow"][1], want["wide"][1])  # the knobs matter here
-    bad: list[str] = []
-
-    def run(name):
-        try:
-            for _ in range(300):
-                if not np.array_equal(bi.search(index, q, 10, *knobs[name])[1], want[name][1]):
-                    bad.append(name)
-        except Exception as exc:  # noqa: BLE001 - e.g. nprobe changed mid-search: a bad key
-            bad.append(f"{name}: {exc}")
-
-    threads = [threading.Thread(target=run, args=(name,)) for name in knobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not bad, f"{len(bad)} searches ran with the other thread's knobs: {bad[:3]}"
-    assert (ivf.nprobe, refine.k_factor) == before

@@ -185,21 +185,46 @@ def test_ivf_pq_is_lossy_and_refine_recovers(clustered):
 
 
 def test_one_layer_walker_for_faiss_index_and_compressed():
-    """faiss_layers walks IDMap -> PreTransform -> Refine -> IVF (the compressed index) and
-    IDMap2 -> HNSW (FaissIndex) alike; find() gives None for a layer that is not there."""
-    from helpers.index import compressed, faiss_layers
+    """faiss_layers walks IDMap -> PreTransform -> Refine -> IVF and IDMap2 -> HNSW
+    (FaissIndex) alike; find() gives None for a layer that is not there."""
+    from helpers.index import faiss_layers
 
-    idx = compressed.compressed_index(d=64, dim=32, nlist=16, pq=8)
+    refine = faiss.index_factory(32, "IVF16,PQ8,Refine(SQ8)")
+    idx = faiss.IndexIDMap(faiss.IndexPreTransform(faiss.PCAMatrix(64, 32), refine))
     kinds = [type(x).__name__ for x in faiss_layers.layers(idx)]
     assert kinds == ["IndexIDMap", "IndexPreTransform", "IndexRefine", "IndexIVFPQ"]
     assert isinstance(faiss_layers.find(idx, faiss.IndexIVF), faiss.IndexIVFPQ)
     assert faiss_layers.find(idx, faiss.IndexHNSW) is None
     assert faiss_layers.has(idx, faiss.IndexRefine) and not faiss_layers.has(idx, faiss.IndexHNSW)
-    compressed.set_knobs(idx, nprobe=5, k_factor=3)  # reaches the layers the walker finds
-    assert faiss_layers.find(idx, faiss.IndexIVF).nprobe == 5
-    assert faiss_layers.find(idx, faiss.IndexRefine).k_factor == 3
+    params, _ = faiss_layers.search_params(idx, {"nprobe": 5, "k_factor": 3})
+    assert isinstance(params, faiss.SearchParametersPreTransform)  # nested as the layers are
     hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(8, 4, faiss.METRIC_INNER_PRODUCT))
     assert [type(x).__name__ for x in faiss_layers.layers(hnsw)] == ["IndexIDMap2",
                                                                      "IndexHNSWFlat"]
     flat = faiss.IndexFlatIP(8)
     assert faiss_layers.layers(flat)[0] is not None and len(faiss_layers.layers(flat)) == 1
+    compressed = faiss.index_factory(64, "OPQ8_32,IVF16,PQ8")  # faiss_compressed's engine
+    assert [type(x).__name__ for x in faiss_layers.layers(compressed)] == [
+        "IndexPreTransform", "IndexIVFPQ"]
+
+
+def test_category_selector_is_built_once_per_version(clustered, monkeypatch):
+    """A filtered search builds the FAISS selector of a category once; later searches
+    reuse it (a rare category costs its members once, not per query), and an add makes
+    a new index version whose selector includes the new member."""
+    from helpers.index import faiss_index
+
+    built = []
+    real = faiss_index.id_selector
+    monkeypatch.setattr(faiss_index, "id_selector",
+                        lambda ids, *a: built.append(len(ids)) or real(ids, *a))
+    v, ids, cats = clustered["vectors"], clustered["ids"], clustered["categories"]
+    index = build_index("faiss", v, ids, cats, factory="IVF8,Flat", nprobe=8)
+    for _ in range(3):
+        res = index.search(clustered["queries"], 5, category=99)
+        assert np.isin(res.ids, ids[cats == 99]).all()
+    index.search(clustered["queries"], 5, category=[1, 99])
+    assert built == [12, int(np.isin(cats, [1, 99]).sum())]
+    index.add(v[:1] + 0.01, [7], [99])
+    assert 7 in index.search(v[:1] + 0.01, 13, category=99).ids
+    assert built[-1] == 13

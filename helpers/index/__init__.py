@@ -55,10 +55,11 @@ METHODS = Registry(
         "faiss": "helpers.index.faiss_index:FaissIndex",
         "annoy": "helpers.index.annoy_index:AnnoyIndex",
         "elasticsearch": "helpers.index.elasticsearch_index:ElasticsearchIndex",
+        "faiss_compressed": "helpers.index.compressed:CompressedIndex",
     }
 )
 _CLASSES = {"ExactIndex": "exact", "FaissIndex": "faiss", "AnnoyIndex": "annoy",
-            "ElasticsearchIndex": "elasticsearch"}
+            "ElasticsearchIndex": "elasticsearch", "CompressedIndex": "faiss_compressed"}
 
 
 def build_index(

@@ -32,6 +32,7 @@ from typing import Any
 import annoy
 import numpy as np
 
+from helpers.index.categories import Selection
 from helpers.index.chunks import UnitChunks
 from helpers.index.errors import IndexInputError, IndexMismatchError, NotSupportedError
 from helpers.index.local import LocalIndex
@@ -95,9 +96,10 @@ class AnnoyIndex(LocalIndex):
 
     # -- search --
 
-    def _search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> SearchResult:
+    def _search(self, q: np.ndarray, k: int, sel: Selection | None) -> SearchResult:
         n = len(self)
-        matching = n if mask is None else int(np.count_nonzero(mask))
+        mask = None if sel is None else sel.mask  # made once per category set, then cached
+        matching = n if sel is None else len(sel)
         first = k if mask is None else math.ceil(FILTER_OVERFETCH * k * n / matching)
 
         def one(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

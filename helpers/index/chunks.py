@@ -4,8 +4,9 @@ block, and growing an id array by doubling blocks.
 `row_blocks` yields raw (start, block) pairs, through the matrix's own `chunks` where it has
 one (a ShardedMatrix: memmap views that never straddle shards, no copy); `UnitChunks` is
 what the engines build from: the same blocks L2-normalised and checked. Building never
-holds a second full copy of a large store. `GrowableArray` keeps the ids of an index that
-items are added to in chunks: amortised O(1) appends, not a copy of every id per add.
+holds a second full copy of a large store. `GrowableArray` keeps the ids (and the vectors,
+where an index keeps them) of an index that items are added to in chunks: amortised O(1)
+appends, not a copy of every row per add.
 Imports numpy and the index layer's protocol and errors.
 """
 
@@ -73,10 +74,11 @@ def _unit_block(start: int, raw: Any) -> np.ndarray:
 
 
 class GrowableArray:
-    """An int64 array with amortised O(1) appends (capacity doubles), for ids on add()."""
+    """An array with amortised O(1) appends of rows (capacity doubles): int64 ids on add(),
+    or [n, d] vectors with dtype=np.float32."""
 
-    def __init__(self, values: np.ndarray) -> None:
-        self._buf = np.array(values, np.int64)
+    def __init__(self, values: np.ndarray, dtype: Any = np.int64) -> None:
+        self._buf = np.array(values, dtype)
         self._n = len(self._buf)
 
     @property
@@ -86,7 +88,8 @@ class GrowableArray:
     def extend(self, more: np.ndarray) -> None:
         need = self._n + len(more)
         if need > len(self._buf):
-            grown = np.empty(max(need, 2 * len(self._buf), 16), np.int64)
+            grown = np.empty((max(need, 2 * len(self._buf), 16), *self._buf.shape[1:]),
+                             self._buf.dtype)
             grown[: self._n] = self._buf[: self._n]
             self._buf = grown
         self._buf[self._n:need] = more

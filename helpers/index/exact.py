@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from helpers.index.categories import Selection
 from helpers.index.chunks import CHUNK_ROWS, UnitChunks
 from helpers.index.local import LocalIndex
 from helpers.index.protocol import Knobs, SearchResult, as_unit_vectors, check_k
@@ -133,16 +134,16 @@ class ExactIndex(LocalIndex):
         knobs = Knobs({"block_mib": 1}, {"block_mib": block_mib})
         return cls(chunks.all(), ids, categories, knobs, {}, source)
 
-    def _search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> SearchResult:
+    def _search(self, q: np.ndarray, k: int, sel: Selection | None) -> SearchResult:
         block = self.params["block_mib"]
-        if mask is None:
+        if sel is None:
             rows, scores = _top_k_blocks(q, self._v, k, block)
             return SearchResult(self._ids[rows], scores)
-        sel = np.flatnonzero(mask)
         if len(sel) <= len(self) // 4:
             # Few matching rows: copying them is cheaper than scoring all n.
-            rows, scores = _top_k_blocks(q, self._v[sel], k, block)
-            return SearchResult(self._ids[sel[rows]], scores)
+            rows, scores = _top_k_blocks(q, self._v[sel.rows], k, block)
+            return SearchResult(self._ids[sel.rows[rows]], scores)
+        mask = sel.mask
         out_ids = np.empty((q.shape[0], k), np.int64)
         out_scores = np.empty((q.shape[0], k), np.float32)
         step = max(1, (block << 20) // (4 * len(self)))

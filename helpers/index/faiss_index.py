@@ -19,10 +19,11 @@ Factory strings (d = dimension, n = items):
   codes (4x smaller). No remove.
 
 Ids: IVF indexes store product ids themselves (add_with_ids); other types are wrapped in an
-IndexIDMap2. Category filter: an IDSelectorBatch of the matching ids, passed in the search
-parameters, so the engine only ever returns matching items (no post-filtering). When the
-filter leaves fewer than k results (IVF lists or HNSW beams with too few matches) the
-search is retried on those queries with nprobe / efSearch x4, up to a full scan.
+IndexIDMap2. Category filter: an ID selector of the matching ids, passed in the search
+parameters, so the engine only ever returns matching items (no post-filtering); it is made
+once per set of categories and index version (`helpers.index.categories`), not per query.
+When the filter leaves fewer than k results (IVF lists or HNSW beams with too few matches)
+the search is retried on those queries with nprobe / efSearch x4, up to a full scan.
 
 Threads: a batch of queries runs on every core (OpenMP; faiss.omp_set_num_threads to
 change). On a machine shared with other busy processes set OMP_WAIT_POLICY=PASSIVE before
@@ -42,6 +43,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from helpers.index.categories import Selection
 from helpers.index.chunks import UnitChunks
 from helpers.index.errors import (
     IndexInputError,
@@ -50,7 +52,7 @@ from helpers.index.errors import (
     TrainingError,
 )
 from helpers.index.exact import _top_k
-from helpers.index.faiss_layers import find, has, layers, search_params
+from helpers.index.faiss_layers import find, has, id_selector, layers, search_params
 from helpers.index.local import LocalIndex
 from helpers.index.protocol import Knobs, SearchResult
 
@@ -62,6 +64,7 @@ DEFAULT_EF_SEARCH = 64
 DEFAULT_K_FACTOR = 4
 MIN_POINTS_PER_LIST = 39  # below this FAISS k-means warns; we warn too
 TRAIN_CAP = 500_000  # default training sample: k-means and PQ gain nothing from more
+TRAIN_BLAS_THRESHOLD = 20  # FAISS's value before 1.15: BLAS for 20 points and more
 
 
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
@@ -91,6 +94,9 @@ class FaissIndex(LocalIndex):
         super().__init__(index.d, *args, **kwargs)
         self._index = index
         self._refine = has(index, faiss.IndexRefine)
+        # Refine hides ids from the IDMap2 above it: its selector takes rows (= insertion
+        # order), as an engine that stores row numbers (faiss_compressed) does.
+        self._row_ids = self._refine
 
     @classmethod
     def _build(
@@ -166,34 +172,44 @@ class FaissIndex(LocalIndex):
 
     # -- search --
 
-    def _search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> SearchResult:
-        knobs = dict(self.params)
-        scores, ids = self._run(q, k, mask, knobs)
+    def _search(self, q: np.ndarray, k: int, sel: Selection | None) -> SearchResult:
+        scores, ids = self._candidates(q, k, k, sel)
         todo = np.flatnonzero((ids < 0).any(axis=1))
-        # Too few results (filter, or small IVF lists): widen the search for those queries.
-        while todo.size and self._widen(knobs):
-            s, i = self._run(q[todo], k, mask, knobs)
-            scores[todo], ids[todo] = s, i
-            todo = todo[(i < 0).any(axis=1)]
         if todo.size:
             # Still short (an HNSW graph region the beam cannot reach): exact over matches.
-            sel = self._ids if mask is None else self._ids[mask]
-            rows, s = _top_k(q[todo] @ self._index.reconstruct_batch(sel).T, k)
-            scores[todo], ids[todo] = s, sel[rows]
+            sub = self._ids if sel is None else self._ids[sel.rows]
+            rows, s = _top_k(q[todo] @ self._index.reconstruct_batch(sub).T, k)
+            scores[todo], ids[todo] = s, sub[rows]
         return SearchResult(ids, scores)
 
-    def _run(
-        self, q: np.ndarray, k: int, mask: np.ndarray | None, knobs: dict[str, int]
+    def _candidates(
+        self, q: np.ndarray, fetch: int, need: int, sel: Selection | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        sel = None
-        if mask is not None:
-            # Refine hides ids from the IDMap2 above it: select its rows (= insertion order).
-            members = np.flatnonzero(mask) if self._refine else self._ids[mask]
-            sel = faiss.IDSelectorBatch(members)
-        params, keep = search_params(self._index, knobs, sel)
+        """The engine's (scores, ids) of the top `fetch` of each query; queries with fewer
+        than `need` found (a filter, small IVF lists) are searched again with wider knobs,
+        for this call only."""
+        knobs = dict(self.params)
+        scores, ids = self._run(q, fetch, sel, knobs)
+        todo = np.flatnonzero((ids[:, :need] < 0).any(axis=1))
+        while todo.size and self._widen(knobs):
+            s, i = self._run(q[todo], fetch, sel, knobs)
+            scores[todo], ids[todo] = s, i
+            todo = todo[(i[:, :need] < 0).any(axis=1)]
+        return scores, ids
+
+    def _run(
+        self, q: np.ndarray, k: int, sel: Selection | None, knobs: dict[str, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        selector = None if sel is None else sel.memo("faiss", lambda: self._selector(sel))
+        params, keep = search_params(self._index, knobs, selector)
         found = self._index.search(q, k, params=params)
         del keep  # the nested parameters may go only after the search
         return found
+
+    def _selector(self, sel: Selection) -> faiss.IDSelector:
+        if self._row_ids:
+            return id_selector(sel.rows, len(self))
+        return id_selector(self._ids[sel.rows])
 
     def _widen(self, knobs: dict[str, int]) -> bool:
         """Multiply the knobs by 4 (capped at a full scan); False when nothing can grow."""
@@ -291,10 +307,17 @@ def _train(index: faiss.Index, v: np.ndarray, factory: str) -> None:
             f"(< {MIN_POINTS_PER_LIST} per list): k-means lists will be poor",
             stacklevel=4,
         )
+    # FAISS 1.15 computes distances without BLAS below nq x d = 128,000: k-means on PQ
+    # sub-vectors (d = 4 or 8) then takes 10x longer on few threads (faiss#4925, #5109).
+    # Training only, and put back after: the process-wide value of searches stays.
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = TRAIN_BLAS_THRESHOLD
     try:
         index.train(v)
     except RuntimeError as e:
         raise TrainingError(f"{factory}: training failed: {_faiss_msg(e)}") from None
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
 
 
 def _faiss_msg(e: RuntimeError) -> str:

@@ -11,8 +11,9 @@ HNSW, k_factor to the Refine), so code that sets them walks down to find the lay
 
 Search knobs are passed per call (`search_params`), never set on a shared index: threads
 of an app search the same index, and one call's nprobe must not leak into another's.
+`id_selector` makes the category filter's selector (a hash set, or a bitmap of rows).
 
-Used by `helpers.index.faiss_index` and `helpers.index.compressed`. Imports faiss only.
+Used by `helpers.index.faiss_index` and `helpers.index.compressed`. Imports faiss and numpy.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import faiss
+import numpy as np
 
 T = TypeVar("T")
+
+# A bitmap of n rows (n / 8 bytes) beats a hash set (~50 bytes an id) above n / 400 ids.
+BITMAP_SHARE = 400
 
 # Wrappers whose `index` is the next layer down (search parameters pass through them).
 WRAPPERS = (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)
@@ -89,3 +94,17 @@ def search_params(index: faiss.Index, knobs: Mapping[str, float] | None = None,
             p.sel = sel
         keep.append(p)
     return p, keep
+
+
+def id_selector(ids: np.ndarray, rows: int | None = None) -> faiss.IDSelector:
+    """A FAISS ID selector of `ids`: an IDSelectorBatch (hash set + Bloom filter), or,
+    when `ids` are row numbers below `rows` and many, a bitmap of the rows (cheaper in
+    memory, one bit test an id). Either keeps what it needs alive itself."""
+    ids = np.asarray(ids, np.int64)
+    if rows is None or len(ids) * BITMAP_SHARE <= rows:
+        return faiss.IDSelectorBatch(ids)
+    member = np.zeros(rows, bool)
+    member[ids] = True
+    # FAISS tests bit (id & 7) of byte id >> 3: little bit order.
+    bitmap = np.packbits(member, bitorder="little")
+    return faiss.IDSelectorBitmap(bitmap)  # the one-argument form references the array

@@ -18,6 +18,7 @@ import numpy as np
 
 from helpers.core import artifacts
 from helpers.core.ids import IdMap, describe
+from helpers.index.categories import CategoryRows, Selection
 from helpers.index.chunks import GrowableArray, UnitChunks
 from helpers.index.errors import (
     CategoryError,
@@ -29,18 +30,15 @@ from helpers.index.errors import (
     UnknownIdError,
 )
 from helpers.index.manifest import (
-    FORMAT_VERSION,
     META_FILE,
     check_source,
     check_vectors,
     index_manifest,
+    index_meta,
     json_safe,
     read_meta,
 )
 from helpers.index.protocol import (
-    METRIC,
-    PAD_ID,
-    PAD_SCORE,
     Category,
     Knobs,
     SearchResult,
@@ -50,6 +48,7 @@ from helpers.index.protocol import (
     as_unit_vectors,
     check_k,
     pad_result,
+    without_items,
 )
 
 IDS_FILE = "ids.npy"
@@ -91,6 +90,7 @@ class LocalIndex(ABC):
         self.build_params = dict(build_params)
         self._source = dict(source or {})
         self._id_map: IdMap | None = None  # id -> row, built on first lookup
+        self._cat_rows: CategoryRows | None = None  # category -> rows, on first filter
 
     # -- construction --
 
@@ -154,18 +154,12 @@ class LocalIndex(ABC):
     @property
     def ids(self) -> np.ndarray:
         """Product ids in row order (read-only view)."""
-        v = self._ids.view()
-        v.flags.writeable = False
-        return v
+        return _read_only(self._ids)
 
     @property
     def categories(self) -> np.ndarray | None:
         """Category of each row (read-only view), None if built without categories."""
-        if self._categories is None:
-            return None
-        v = self._categories.view()
-        v.flags.writeable = False
-        return v
+        return None if self._categories is None else _read_only(self._categories)
 
     @property
     def source(self) -> dict[str, Any]:
@@ -188,11 +182,11 @@ class LocalIndex(ABC):
         """
         q = as_unit_vectors(queries, self.dim, "queries")
         k = check_k(k)
-        mask, _ = self._filter(category)
-        available = len(self) if mask is None else int(np.count_nonzero(mask))
+        sel = self._select(category)
+        available = len(self) if sel is None else len(sel)
         if available == 0:
             return pad_result(_empty(len(q)), k)
-        return pad_result(self._search(q, min(k, available), mask), k)
+        return pad_result(self._search(q, min(k, available), sel), k)
 
     def search_by_id(self, product_ids: Any, k: int, category: Category = None) -> SearchResult:
         """Top-k neighbours of items already in the index, the items themselves left out.
@@ -205,30 +199,25 @@ class LocalIndex(ABC):
             raise UnknownIdError(f"product ids must be ints, got {product_ids!r}")
         k = check_k(k)
         rows = self._rows(pids)
-        mask, _ = self._filter(category)
-        available = len(self) if mask is None else int(np.count_nonzero(mask))
-        ids = np.full((len(rows), k), PAD_ID, np.int64)
-        scores = np.full((len(rows), k), PAD_SCORE, np.float32)
+        sel = self._select(category)
+        available = len(self) if sel is None else len(sel)
         if available == 0 or len(rows) == 0:
-            return SearchResult(ids, scores)
+            return pad_result(_empty(len(rows)), k)
         q = self._vectors(pids.astype(np.int64), rows)
         # The query item takes one slot when it passes the filter: ask one more, drop it.
-        res = self._search(q, min(k + 1, available), mask)
-        for i, pid in enumerate(pids.tolist()):
-            keep = res.ids[i] != pid
-            got_ids, got_scores = res.ids[i][keep][:k], res.scores[i][keep][:k]
-            ids[i, : len(got_ids)], scores[i, : len(got_ids)] = got_ids, got_scores
-        return SearchResult(ids, scores)
+        return without_items(self._search(q, min(k + 1, available), sel), pids, k)
 
-    def _filter(self, category: Category) -> tuple[np.ndarray | None, str]:
-        """Row mask of the category filter (None = no filter) and a phrase for messages."""
+    def _select(self, category: Category) -> Selection | None:
+        """The rows of the category filter (None = no filter), cached per index version."""
         cats = as_category_filter(category)
         if cats is None:
-            return None, ""
+            return None
         if self._categories is None:
             raise CategoryError("this index was built without categories: cannot filter")
-        mask = np.isin(self._categories, cats)
-        return (None, "") if mask.all() else (mask, f" in category {cats.tolist()}")
+        rows = self._cat_rows
+        if rows is None:
+            rows = self._cat_rows = CategoryRows(self._categories)
+        return rows.select(cats)
 
     def _rows(self, pids: np.ndarray) -> np.ndarray:
         """Rows of product ids; UnknownIdError names the missing ones."""
@@ -243,8 +232,8 @@ class LocalIndex(ABC):
         return self._id_map
 
     @abstractmethod
-    def _search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> SearchResult:
-        """Top-k of unit queries q among rows where mask (all rows if None); k is valid."""
+    def _search(self, q: np.ndarray, k: int, sel: Selection | None) -> SearchResult:
+        """Top-k of unit queries q among the rows of `sel` (all rows if None); k is valid."""
 
     @abstractmethod
     def _vectors(self, pids: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -279,6 +268,7 @@ class LocalIndex(ABC):
             self._cat_buf.extend(cats)
             self._categories = self._cat_buf.values
         self._id_map = None
+        self._cat_rows = None  # a new version: its category rows are worked out again
         self._manifest = None  # no longer the index of one vector store
 
     def remove(self, ids: Any) -> None:
@@ -294,6 +284,7 @@ class LocalIndex(ABC):
             self._categories = self._categories[keep]
             self._cat_buf = None
         self._id_map = None
+        self._cat_rows = None
         self._manifest = None
 
     def _add(self, v: np.ndarray, ids: np.ndarray, categories: np.ndarray | None) -> None:
@@ -309,8 +300,7 @@ class LocalIndex(ABC):
 
         Layout: `path/current` -> `path/v-<time>/` holding <engine_file> (the engine's own
         format, if any), ids.npy [n] int64, categories.npy [n] int64 (only if built with
-        categories), meta.json (format, method, metric, dim, n, params, build_params,
-        source, engine_version, files, manifest) and manifest.json (settings + the vector
+        categories), meta.json (see `manifest.index_meta`) and manifest.json (settings + the vector
         store it was built from). The version is written whole, then `current` is swapped:
         a reader never pairs new engine data with old ids, and processes serving the
         previous version keep it (the two newest versions are kept).
@@ -320,19 +310,7 @@ class LocalIndex(ABC):
             "ids": IDS_FILE,
             "categories": CATEGORIES_FILE if self._categories is not None else None,
         }
-        meta = {
-            "format": FORMAT_VERSION,
-            "method": self.method,
-            "metric": METRIC,
-            "dim": self.dim,
-            "n": len(self),
-            "params": dict(self.params),
-            "build_params": self.build_params,
-            "source": self._source,
-            "engine_version": self._engine_version(),
-            "files": files,
-            "manifest": self.manifest,
-        }
+        meta = index_meta(self, files, self._engine_version(), self._engine_meta())
 
         def write(d: Path) -> None:
             if self.engine_file:
@@ -400,6 +378,16 @@ class LocalIndex(ABC):
 
     def _engine_version(self) -> str | None:
         return None
+
+    def _engine_meta(self) -> dict[str, Any]:
+        """What the engine keeps in meta.json beside its file (`meta["engine"]` at load)."""
+        return {}
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
 
 
 def _empty(nq: int) -> SearchResult:

@@ -72,6 +72,18 @@ def json_safe(d: Mapping[str, Any], what: str) -> dict[str, Any]:
         raise TypeError(f"{what} must be JSON-serialisable: {e}") from None
 
 
+def index_meta(index: Any, files: Mapping[str, str | None], engine_version: str | None,
+               engine: Mapping[str, Any]) -> dict[str, Any]:
+    """meta.json of a saved index: what it is (format, method, metric, dim, n), its knobs,
+    build parameters and source, the engine's version and own state (`engine`), its files
+    and its manifest."""
+    return {"format": FORMAT_VERSION, "method": index.method, "metric": METRIC,
+            "dim": index.dim, "n": len(index), "params": dict(index.params),
+            "build_params": index.build_params, "source": index.source,
+            "engine_version": engine_version, "engine": json_safe(engine, "engine meta"),
+            "files": dict(files), "manifest": index.manifest}
+
+
 def index_manifest(index: Any, store: Mapping[str, Any] | None) -> dict[str, Any]:
     """The manifest of an index (anything with method, build_params, dim and a length),
     chained to the manifest of the vector store it was built from when known."""

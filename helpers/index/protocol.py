@@ -214,6 +214,18 @@ def pad_result(res: SearchResult, k: int) -> SearchResult:
     return SearchResult(ids, scores)
 
 
+def without_items(res: SearchResult, item_ids: np.ndarray, k: int) -> SearchResult:
+    """Row i of `res` without id `item_ids[i]`, cut or padded to k columns: by-id search
+    asks one result more, and the query item (when found) gives its slot back."""
+    nq = len(item_ids)
+    ids = np.full((nq, k), PAD_ID, np.int64)
+    scores = np.full((nq, k), PAD_SCORE, np.float32)
+    for i, pid in enumerate(np.asarray(item_ids).tolist()):
+        keep = res.ids[i] != pid
+        got_ids, got_scores = res.ids[i][keep][:k], res.scores[i][keep][:k]
+        ids[i, : len(got_ids)], scores[i, : len(got_ids)] = got_ids, got_scores
+    return SearchResult(ids, scores)
+
 
 def _is_iterable(x: Any) -> bool:
     return isinstance(x, Iterable) and not isinstance(x, str | bytes)
