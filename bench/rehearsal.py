@@ -251,7 +251,7 @@ def report(stages: dict, art: Path, args: argparse.Namespace) -> list[dict]:
                  row(f"rehearsal serve, {pictures:,} pictures: PSS per gunicorn worker",
                      sv["worker_pss_gb"], 1.0, unit="GB", higher_is_better=False)]
     if args.json:
-        args.json.write_text(json.dumps({"stages": stages, "cpu": cpu_info()}, indent=2))
+        args.json.write_text(json.dumps({"stages": stages, "cpu": str(cpu_info())}, indent=2))
     return rows
 
 
