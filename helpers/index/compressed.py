@@ -54,6 +54,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from helpers.core.mmap import RowReader
 from helpers.index.categories import Selection
 from helpers.index.chunks import GrowableArray, UnitChunks
 from helpers.index.errors import IndexInputError, IndexMismatchError, NotSupportedError
@@ -172,6 +173,7 @@ class CompressedIndex(FaissIndex):
 
     def _attach(self, store: Any) -> None:
         self._base = store.vectors
+        self._reader = RowReader(store.vectors)  # re-ranking: scattered rows, not mapped
         self._store_manifest = store.manifest
 
     @property
@@ -187,11 +189,11 @@ class CompressedIndex(FaissIndex):
         rows = np.asarray(rows, np.int64)
         base = rows < self._n_base
         if base.all():
-            out = np.array(self._base[rows], np.float32)
+            out = self._reader[rows]
         else:
             out = np.empty((len(rows), self.dim), np.float32)
             if base.any():
-                out[base] = self._base[rows[base]]
+                out[base] = self._reader[rows[base]]
             out[~base] = self._own_rows()[rows[~base] - self._n_base]
         out /= np.linalg.norm(out, axis=1, keepdims=True)  # checked non-zero at build
         return out
