@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--until", choices=["embed", "03", "serve"],
                     help="stop after this stage (a rerun goes on from there)")
     ap.add_argument("--fresh", action="store_true", help="run every stage again")
+    ap.add_argument("--redo", nargs="*", default=[], metavar="STAGE",
+                    help="run these finished stages again (e.g. --redo 03 serve)")
     args = ap.parse_args(argv)
     out = args.out or DATA / f"rehearsal-{args.pictures}"
     out.mkdir(parents=True, exist_ok=True)
@@ -164,8 +166,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     done = json.loads(record.read_text()) if record.exists() and not args.fresh else {}
     stages: dict[str, dict] = {}
 
-    def stage(name: str, fn: Callable[[], dict], keep: bool = True) -> None:
-        if keep and name in done:
+    def stage(name: str, fn: Callable[[], dict]) -> None:
+        if name in done and name not in args.redo:
             print(f"{name}: done before, figures as recorded", flush=True)
             stages[name] = done[name]
         else:
@@ -183,9 +185,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.simulate_vectors:
         stage("embed", lambda: _simulated(art, dump, nb03))
     if args.until in (None, "03", "serve"):
-        stage("03", lambda: run_all(dump, runs, "01,03", nb03, out / "03.log"), keep=False)
+        stage("03", lambda: run_all(dump, runs, "01,03", nb03, out / "03.log"))
     if args.until in (None, "serve"):
-        stage("serve", lambda: serve(art, args.serve_seconds, out / "serve.log"), keep=False)
+        stage("serve", lambda: serve(art, args.serve_seconds, out / "serve.log"))
     return report(stages, art, args)
 
 
