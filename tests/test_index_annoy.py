@@ -67,32 +67,36 @@ def test_rare_category_is_searched_exactly(index, data):
     assert (np.sort(everything.ids, axis=1) == np.sort(rare)).all()
 
 
-def test_over_fetching_stops_at_the_cap(index, data, caplog):
-    """exact_below 0: the rare category is over-fetched. With max_candidates = k, a query
-    gets the members among Annoy's k nearest and no more: padded (-1, -inf), counted in
-    short_results and logged. With the cap at n it finds k members: a full scan."""
+def test_over_fetching_stops_at_the_budget(index, data, caplog):
+    """exact_below 0: the rare category is over-fetched, inspecting at most
+    max(search_k, max_candidates) candidates. With both at 100, a query gets the members
+    among the 100 candidates an unfiltered search of 100 inspects, and no more: padded
+    (-1, -inf), counted in short_results and logged. A budget of n_trees * n is a full
+    scan: k members each, the exact ones."""
     q = np.random.default_rng(3).standard_normal((20, 24)).astype(np.float32)
     rare = data["ids"][data["categories"] == 9]
-    unfiltered = index.search(q, 10)  # search_k -1: the same Annoy call as a fetch of 10
+    exact = build_index("exact", data["vectors"], data["ids"], data["categories"])
     before = index.short_results
-    index.params.update(exact_below=0, max_candidates=10)
+    index.params.update(exact_below=0, max_candidates=1, search_k=100)
     try:
+        unfiltered = index.search(q, 100).ids  # the same Annoy call: 100 of 100 candidates
         with caplog.at_level(logging.WARNING, "helpers.index.annoy_index"):
             capped = index.search(q, 10, category=9)
-        index.params["max_candidates"] = len(index)
+        index.params["max_candidates"] = 10 * len(index)
         full = index.search(q, 10, category=9)
     finally:
-        index.params.update(exact_below=2_000, max_candidates=10_000)
+        index.params.update(exact_below=2_000, max_candidates=10_000, search_k=-1)
+    for row, got in zip(unfiltered, capped.ids, strict=True):
+        want = row[np.isin(row, rare)][:10]
+        np.testing.assert_array_equal(got[: len(want)], want)
+        assert (got[len(want):] == -1).all()
     found = capped.found.sum(axis=1)
-    np.testing.assert_array_equal(found, np.isin(unfiltered.ids, rare).sum(axis=1))
-    assert (found < 10).all()  # 0.7% members: 10 neighbours hold few of them
-    assert np.isin(capped.ids[capped.found], rare).all()
-    assert (capped.ids[~capped.found] == -1).all()
+    assert (found < 10).all()  # 0.7% members: 100 candidates hold about one
     assert (capped.scores[~capped.found] == -np.inf).all()
     assert index.short_results - before == 20
-    assert "max_candidates=10" in caplog.text
-    assert full.found.all() and np.isin(full.ids, rare).all()
-    assert index.short_results - before == 20  # the uncapped search was not short
+    assert "within 100 candidates" in caplog.text
+    np.testing.assert_array_equal(full.ids, exact.search(q, 10, category=9).ids)
+    assert index.short_results - before == 20  # the full scan was not short
 
 
 def test_search_k_is_a_live_knob(index, data):

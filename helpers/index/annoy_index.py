@@ -58,11 +58,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_N_TREES = 50  # Annoy has no default; more trees = better recall, bigger file
 FILTER_OVERFETCH = 2  # first fetch for a filter: 2x the expected number of candidates
-GROWTH = 4  # then x4 until k matches are found or max_candidates is reached
+GROWTH = 4  # then x4 until k matches are found or the candidate budget is spent
 PCA_FILE = "pca.npz"
 # Search knobs: default and minimum. A filtered search over at most `exact_below` items
-# reads their vectors (get_item_vector, ~20 us each at 128-d) and ranks them exactly; a
-# bigger category over-fetches at most `max_candidates` neighbours (search_k scaled alike).
+# reads their vectors once a call (get_item_vector, ~20 us each at 128-d: 40 ms for 2,000)
+# and ranks them exactly. A bigger category over-fetches, inspecting at most
+# max(search_k, max_candidates) candidates a query (Annoy's search_k; -1 counts as
+# n_trees * k): never less than an unfiltered search, and never a scan of the forest.
 KNOBS = {"search_k": (-1, -1), "n_threads": (0, 0), "exact_below": (2_000, 0),
          "max_candidates": (10_000, 1)}
 
@@ -75,13 +77,14 @@ class AnnoyIndex(LocalIndex):
 
     Category filter, Annoy having none. A category of at most `exact_below` items: their
     vectors are read from the forest and ranked exactly (full recall, cost bounded by the
-    knob). A bigger one: over-fetching: search fetches 2 k n / n_matching candidates
-    (search_k scaled alike), keeps the matching ones and grows x4 until k are found, up to
-    `max_candidates` (n or more: up to a full scan). A query still short of k then gets
+    knob). A bigger one: over-fetching: search asks Annoy for 2 k n / n_matching
+    neighbours (search_k scaled alike, as Annoy's default n_trees * k is), keeps the
+    matching ones and grows x4 until k are found or the budget, max(search_k,
+    max_candidates) candidates inspected, is spent. A query still short of k then gets
     what was found, padded (id -1, score -inf: `SearchResult.found`); `short_results`
-    counts such queries and each search that has some logs a warning. Recall within the
-    category is that of an unfiltered search for that many neighbours, below FAISS's
-    selector-based filtering at the same budget.
+    counts such queries and each search that has some logs a warning. A budget of
+    n_trees * n or more allows a full scan (exact). Recall within the category is that of
+    an unfiltered search for that many neighbours, below FAISS's selector-based filtering.
     """
 
     method = "annoy"
@@ -122,6 +125,9 @@ class AnnoyIndex(LocalIndex):
             raise IndexInputError(f"n_trees must be >= 1, got {n_trees}")
         params = _knobs(knobs)
         pca = None if pca_dim is None else Pca.fit(chunks, pca_dim, pca_sample, seed)
+        if pca is not None:
+            logger.info("annoy build: PCA %d -> %d fitted on %d rows, keeps %.1f%% of the "
+                        "variance", chunks.dim, pca_dim, min(pca_sample, chunks.n), 100 * pca.kept)
         engine = _engine(chunks.dim if pca is None else pca.out_dim, pca)
         engine.set_seed(seed)
         build_file = None
@@ -134,7 +140,9 @@ class AnnoyIndex(LocalIndex):
                 block = pca.apply(block)
             for i, v in enumerate(block, start):
                 engine.add_item(i, v)
+        logger.info("annoy build: %d items added", chunks.n)  # long builds: progress
         engine.build(n_trees, n_jobs=n_jobs)
+        logger.info("annoy build: %d trees built", n_trees)
         build_params: dict[str, Any] = {"n_trees": n_trees, "seed": seed}
         if pca is not None:
             build_params |= {"pca_dim": pca.out_dim, "pca_sample": pca_sample}
@@ -173,15 +181,16 @@ class AnnoyIndex(LocalIndex):
 
     def _approximate(self, z: np.ndarray, k: int, mask: np.ndarray | None,
                      matching: int) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self)
-        if mask is None:
-            first, cap = k, n
+        n, search_k = len(self), self.params["search_k"]
+        base = search_k if search_k > 0 else self._n_trees * k  # Annoy's default for -1
+        if mask is None:  # grows only when Annoy returns fewer than k (a tiny search_k)
+            first, budget = k, max(base, self._n_trees * n)
         else:
             first = math.ceil(FILTER_OVERFETCH * k * n / matching)
-            cap = min(n, max(k, self.params["max_candidates"]))
+            budget = max(base, self.params["max_candidates"])
 
         def one(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return self._one(v, k, mask, min(first, cap), cap)
+            return self._one(v, k, mask, first, base, budget)
 
         threads = self.params["n_threads"] or len(os.sched_getaffinity(0))
         if threads > 1 and len(z) > 1:
@@ -197,30 +206,29 @@ class AnnoyIndex(LocalIndex):
         if short:
             self.short_results += short
             logger.warning("annoy: %d of %d queries found fewer than %d of the %d matching "
-                           "items within max_candidates=%d: padded with id -1", short, len(z),
-                           k, matching, cap)
+                           "items within %d candidates (max(search_k, max_candidates)): "
+                           "padded with id -1", short, len(z), k, matching, budget)
         return rows, dist * dist
 
-    def _one(
-        self, v: np.ndarray, k: int, mask: np.ndarray | None, fetch: int, cap: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and distances of v's top k, over-fetching until k pass the mask or `cap`
-        neighbours were fetched."""
-        n, search_k = len(self), self.params["search_k"]
+    def _one(self, v: np.ndarray, k: int, mask: np.ndarray | None, first: int, base: int,
+             budget: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and distances of v's top k among the rows of `mask`, inspecting at most
+        `budget` candidates (Annoy's search_k)."""
+        n = len(self)
+        last = min(n, budget)  # Annoy returns no more neighbours than it inspects
+        fetch = min(first, last)
         while True:
-            # search_k grows with the fetch, as Annoy's default n_trees * fetch does;
-            # at fetch = n, n_trees * n visits every leaf: an exact scan.
-            sk = -1 if search_k < 0 else math.ceil(search_k * fetch / k)
-            if fetch >= n:
-                sk = max(sk, self._n_trees * n)
+            # n_trees * n candidates visit every leaf of every tree: an exact scan.
+            want = self._n_trees * n if fetch >= n else math.ceil(base * fetch / k)
+            sk = min(budget, want)
             items, dist = self._engine.get_nns_by_vector(v, fetch, sk, include_distances=True)
             items, dist = np.asarray(items, np.int64), np.asarray(dist, np.float32)
             if mask is not None:
                 keep = mask[items]
                 items, dist = items[keep], dist[keep]
-            if len(items) >= k or fetch >= cap:
+            if len(items) >= k or fetch >= last:
                 return items[:k], dist[:k]
-            fetch = min(cap, fetch * GROWTH)
+            fetch = min(last, fetch * GROWTH)
 
     def _vectors(self, pids: np.ndarray, rows: np.ndarray) -> np.ndarray:
         v = np.array([self._engine.get_item_vector(int(r)) for r in rows], np.float32)
