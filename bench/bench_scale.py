@@ -14,6 +14,8 @@ embed: pictures/s of the ONNX MobileNetV2 pipeline at 180 px (native size) on re
        Cdiscount photos: in-process baseline, Dask 2 workers x 1 thread, 1 worker x 2 ORT
        threads; per worker and per node; worker memory.
 sizes: pictures per CPU-second and precision@10 at smaller picture sizes.
+annoy: the same vectors: PCA + Annoy built on disk, memory, recall, latency, 12.4 M
+       projection (bench/scale_annoy.py).
 index: simulated MobileNetV2-like vectors at 1 M+ (real spectrum, real category skew),
        a sharded memory-mapped store; PCA + IVF-PQ + SQ8 refine trained on a sample and
        added in chunks; recall@10 vs exact search on the same reduced vectors and on the
@@ -250,9 +252,9 @@ def _loaded_rss(path: Path, table: bool) -> int:
     return int(subprocess.check_output([sys.executable, "-c", code, str(path)]).strip())
 
 
-def bench_index(args: argparse.Namespace) -> dict:
-    import faiss
-
+def _simulated(args: argparse.Namespace) -> tuple:
+    """The simulated store (made once), its categories, the held-out unit queries and
+    their exact 1280-d top 10 (cached): shared by the index and annoy parts."""
     n, nq, k = args.n_vectors, args.queries, 10
     folder = DATA / f"vectors-{n + nq}"
     t0 = time.perf_counter()
@@ -273,6 +275,15 @@ def bench_index(args: argparse.Namespace) -> dict:
     truth_full = np.load(cached) if cached.exists() else _exact(db_chunks_cut(), queries, k)
     np.save(cached, truth_full)
     print(f"exact 1280-d ground truth: {time.perf_counter() - t0:.0f} s")
+    return folder, store, cats, queries, truth_full, db_chunks_cut
+
+
+def bench_index(args: argparse.Namespace) -> dict:
+    import faiss
+
+    n, nq, k = args.n_vectors, args.queries, 10
+    folder, store, cats, queries, truth_full, db_chunks_cut = _simulated(args)
+    m = store.vectors
     sizes = np.bincount(np.unique(cats[:n], return_inverse=True)[1])
     real = category_skew()["images"].to_numpy()
     print(f"category imbalance factor: simulated {imbalance(sizes):.1f}, "
@@ -331,7 +342,7 @@ def bench_index(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="scan,embed,sizes,index")
+    ap.add_argument("--only", default="scan,embed,sizes,index,annoy")
     ap.add_argument("--size-gb", type=float, default=3.0, help="scan file size")
     ap.add_argument("--partition-mb", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
@@ -349,6 +360,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--knobs", type=lambda t: [tuple(map(int, x.split(":"))) for x in t.split(",")],
                     default="32:16,64:32,128:32,128:64,256:64,512:128",
                     help="nprobe:k_factor pairs searched")
+    ap.add_argument("--annoy-dims", type=int, nargs="+", default=[128, 256],
+                    help="PCA dimensions of the on-disk Annoy builds (--only annoy)")
+    ap.add_argument("--annoy-trees", type=int, default=10)
     ap.add_argument("--keep", action="store_true", help="keep the multi-GB files")
     args = ap.parse_args(argv)
     parts = args.only.split(",")
@@ -363,6 +377,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             got |= bench_sizes(args)
         if "index" in parts:
             got |= bench_index(args)
+        if "annoy" in parts:
+            from scale_annoy import bench_annoy
+
+            folder, _, _, queries, truth, _ = _simulated(args)
+            got |= bench_annoy(args, folder, args.n_vectors, queries, truth, _exact, load)
     finally:
         if not args.keep:
             for p in [DATA / "scale.bson", *DATA.glob("vectors-*")]:
@@ -409,6 +428,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  row(f"compressed index size at 12.4 M vectors, {n}", at_12m / 1e9, 4,
                      unit="GB", higher_is_better=False),
                  row(f"compressed index recall@10 vs exact 1280-d, {n}", r_full, unit="")]
+    for dim, a in got.get("annoy", {}).items():
+        search_k, r_full, r_red, p99 = a["best"]
+        n = f"{args.n_vectors / 1e6:g}M simulated, PCA{dim}, {args.annoy_trees} trees, " \
+            f"search_k {search_k}"
+        print(f"annoy: {n}: recall@10 {r_red:.3f} vs exact on reduced vectors, {r_full:.3f} "
+              f"vs 1280-d, p99 {p99:.2f} ms; {a['at_12m'] / 1e9:.2f} GB file at 12.4 M")
+        rows += [row(f"Annoy recall@10 vs exact 1280-d, {n}", r_full, unit=""),
+                 row(f"Annoy p99 latency, one query, {n}", p99, unit="ms",
+                     higher_is_better=False),
+                 row(f"Annoy on-disk build peak anonymous memory, {n}", a["peak_anon"] / 2**30,
+                     unit="GiB", higher_is_better=False),
+                 row(f"Annoy index file at 12.4 M vectors (annoy_footprint), {n}",
+                     a["at_12m"] / 1e9, unit="GB", higher_is_better=False)]
     return rows
 
 
