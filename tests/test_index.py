@@ -47,6 +47,9 @@ CONFIGS = [
     # Candidates from PCA + IVF-PQ, every one re-ranked with the exact vectors: exact.
     ("faiss-compressed", "faiss_compressed",
      {"dim": 16, "pq": 2, "nlist": 16, "opq": False, "nprobe": 16, "k_factor": N}),
+    # Small categories are ranked exactly (exact_below): this one over-fetches instead,
+    # within max(search_k, max_candidates) candidates: n_trees * N allows a full scan.
+    ("annoy-overfetch", "annoy", {"n_trees": 8, "search_k": 8 * N, "exact_below": 0}),
 ]
 NAMES = [c[0] for c in CONFIGS]
 CAN_REMOVE = {"exact", "faiss-flat", "faiss-ivf"}

@@ -10,7 +10,8 @@ Methods (METHODS): "exact" (numpy brute force), "faiss" (any factory string),
 "annoy" (mmapped random-projection forest), "elasticsearch" (a node's dense_vector kNN).
 
 Layout: `protocol` (SearchResult, Knobs, VectorIndex, input validation), `errors`,
-`chunks` (reading vectors block by block), `local` (LocalIndex: ids, categories, versioned
+`chunks` (reading vectors block by block), `pca` (a reduction fitted on a sample and
+saved with the index), `local` (LocalIndex: ids, categories, versioned
 save/load), `manifest` (meta.json, which vectors built an index), `faiss_layers` (walking
 nested FAISS indexes), `hits` (the one `Hit`: result rows as hits); engines `exact`,
 `faiss_index`, `annoy_index`, `elasticsearch_index` (+ `elasticsearch_node`,
@@ -73,7 +74,8 @@ def build_index(
 
     vectors [n, d] (L2-normalised inside), ids [n] int64 product ids, categories [n] int64
     or None. params: source= (metadata saved in meta.json) and the method's own parameters,
-    e.g. factory="HNSW32", efSearch=64 (faiss) or n_trees=50, search_k=-1 (annoy).
+    e.g. factory="HNSW32", efSearch=64 (faiss) or n_trees=50, search_k=-1, pca_dim=128,
+    on_disk_build="scratch.ann" (annoy).
     """
     return METHODS[method].build(vectors, ids, categories, **params)
 
