@@ -146,6 +146,20 @@ class StyleExtractor:
         ]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
+    def gram(self, picture: np.ndarray, layer: str | None = None) -> np.ndarray:
+        """The C x C Gram matrix of one layer (default: the first) for one picture,
+        uint8 or [0, 1] RGB [H, W, 3]: how much each pair of channels fires together,
+        averaged over the positions. The vectors are its upper triangle, projected."""
+        import keras
+
+        layer = layer or self.layers[0]
+        model = keras.Model(self.vgg.input, self.vgg.get_layer(layer).output)
+        x = np.asarray(picture, np.float32)[None]
+        x = x / 255.0 if picture.dtype == np.uint8 else x
+        f = np.asarray(model((check_batch(x) - IMAGENET_MEAN) / IMAGENET_STD, training=False))
+        flat = f[0].reshape(-1, f.shape[-1])  # [positions, channels]
+        return flat.T @ flat / len(flat)
+
     def meta(self) -> dict[str, Any]:
         """Everything that determines the vectors; store it beside them."""
         return dict(self._meta)
