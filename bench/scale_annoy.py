@@ -8,17 +8,19 @@ spectrum and category skew) and the exact 1280-d ground truth of the held-out qu
 For each PCA dimension:
 - build in a child process (`python bench/scale_annoy.py build ...`, so its memory is the
   build's alone): PCA fitted on 50k rows, items added chunk by chunk from the memmapped
-  shards, the forest built by Annoy in a file (`on_disk_build`). A sampler thread records
+  shards, the forest built by Annoy in a file (`on_disk_build`). PeakMemory records
   peak anonymous memory (RssAnon: what must fit in RAM) and peak file-backed memory
   (RssFile: pages of the source memmap and the build file, page cache the kernel writes
   back and may evict); a second build at n / 4 gives what grows with n;
 - a fresh process loads the saved index (mmap) and searches the queries: its RSS growth;
 - recall@10 against exact cosine on the 1280-d vectors and against exact search on the
   reduced ones, and one-query latency p50/p99 (1 thread), for a sweep of search_k;
-- the category filter with each query's own category at the default knobs: p99 and the
-  share of short (padded) results;
-- projection to 12,371,293 pictures: `annoy_footprint` (checked against the measured file),
-  build time scaled by n log n.
+- the category filter with each query's own category at the default knobs, apart for
+  the exact path (categories of at most exact_below items) and over-fetching: p50, p99
+  and short (padded) results;
+- projection to 12,371,293 pictures: `annoy_footprint` (checked against the measured file);
+  build hours from CPU seconds (PCA fixed, adding items linear, trees n log n on 2 cores);
+  build memory from the tree phase's growth between n / 4 and n.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from helpers.evaluate.metrics import latency_ms, recall_at_k  # noqa: E402
 from helpers.index import build_index, load_index  # noqa: E402
 from helpers.index.annoy_index import annoy_footprint  # noqa: E402
 from helpers.index.chunks import UnitChunks  # noqa: E402
+from helpers.scale.memory import PeakMemory  # noqa: E402
 from helpers.vectors.sharded import ShardedMatrix, ShardedVectorStore  # noqa: E402
 
 TRAIN_PICTURES = 12_371_293
@@ -62,20 +64,11 @@ def base_rows(m: ShardedMatrix, n: int) -> ShardedMatrix:
 # ---------------------------------------------------------------- the build, in a child
 
 
-def _status_kb(*fields: str) -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in fields:
-            out[key] = int(value.split()[0])
-    return out
-
-
 class _Phases(logging.Handler):
     """Each build log line ends a phase (PCA fit, adding items, the trees): its wall time,
     CPU seconds (every thread) and peak anonymous memory."""
 
-    def __init__(self, peak: dict[str, int]) -> None:
+    def __init__(self, peak: PeakMemory) -> None:
         super().__init__()
         self.peak, self.rows = peak, []
         self.t, self.cpu = time.perf_counter(), _cpu()
@@ -84,8 +77,8 @@ class _Phases(logging.Handler):
         t, cpu = time.perf_counter(), _cpu()
         self.rows.append({"phase": record.getMessage().removeprefix("annoy build: "),
                           "wall_s": t - self.t, "cpu_s": cpu - self.cpu,
-                          "peak_anon": self.peak["RssAnon"] * 1024})
-        self.t, self.cpu, self.peak["RssAnon"] = t, cpu, 0
+                          "peak_anon": self.peak.reset()})
+        self.t, self.cpu = t, cpu
 
 
 def _cpu() -> float:
@@ -94,37 +87,27 @@ def _cpu() -> float:
 
 
 def build_child(folder: Path, n: int, dim: int, trees: int, out: Path) -> dict[str, Any]:
-    """Build and save the on-disk PCA index; memory sampled every 0.1 s."""
+    """Build and save the on-disk PCA index, its memory sampled (PeakMemory)."""
     store = ShardedVectorStore(folder)
     base, cats = base_rows(store.vectors, n), np.load(folder / "categories.npy")[:n]
-    peak = {"RssAnon": 0, "RssFile": 0}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.1):
-            for key, kb in _status_kb("RssAnon", "RssFile").items():
-                peak[key] = max(peak[key], kb)
-
-    start_kb = _status_kb("RssAnon", "RssFile")
-    phases = _Phases(peak)
     log = logging.getLogger("helpers.index.annoy_index")
-    log.addHandler(phases)
     log.setLevel(logging.INFO)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
-    index = build_index("annoy", base, np.arange(n), cats, n_trees=trees, pca_dim=dim,
-                        on_disk_build=out / "scratch.ann")
-    build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    index.save(out / "index")
-    save_s = time.perf_counter() - t0
-    done.set()
-    sampler.join()
+    with PeakMemory() as peak:
+        start_anon = peak.anon
+        phases = _Phases(peak)
+        log.addHandler(phases)
+        t0 = time.perf_counter()
+        index = build_index("annoy", base, np.arange(n), cats, n_trees=trees, pca_dim=dim,
+                            on_disk_build=out / "scratch.ann")
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        index.save(out / "index")
+        save_s = time.perf_counter() - t0
+    hwm = next(int(line.split()[1]) * 1024 for line in
+               Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
     return {"build_s": build_s, "save_s": save_s, "kept": index.pca.kept,
             "phases": phases.rows, "peak_anon": max(r["peak_anon"] for r in phases.rows),
-            "peak_file": peak["RssFile"] * 1024, "start_anon": start_kb["RssAnon"] * 1024,
-            "hwm": _status_kb("VmHWM")["VmHWM"] * 1024}
+            "peak_file": peak.file, "start_anon": start_anon, "hwm": hwm}
 
 
 def _build(folder: Path, n: int, dim: int, trees: int, work: Path) -> dict[str, Any]:
@@ -156,7 +139,8 @@ def bench_annoy(args: Any, folder: Path, n: int, queries: np.ndarray, truth: np.
         truth_red = exact(UnitChunks(base_rows(ShardedVectorStore(folder).vectors, n)),
                           index.pca.apply(queries), k, transform=index.pca.apply)
         lost = recall_at_k(truth_red, truth, k)
-        print(f"\nPCA{dim} (keeps {got['kept']:.1%} of the variance): build {got['build_s']:.0f} s"
+        print(f"\nPCA{dim} (keeps {got['kept']:.1%} of the variance; load {load()}): build "
+              f"{got['build_s']:.0f} s"
               f" + save {got['save_s']:.0f} s (a rename); file {size / 2**20:,.0f} MiB, "
               f"annoy_footprint {est.total / 2**20:,.0f} MiB ({est.total / size - 1:+.1%})")
         print(f"  build peak: anonymous {got['peak_anon'] / 2**20:,.0f} MiB (process at start "

@@ -1,6 +1,12 @@
-"""Memory of processes and of files they map: is an index file shared or copied?
+"""Memory of processes and of files they map: is an index file shared or copied? And how
+much did a build need at its peak?
 
-Linux only (reads /proc/<pid>/smaps and smaps_rollup); elsewhere the functions say so.
+    with PeakMemory() as peak:                 # sampled from /proc/self/status
+        index = build_index("annoy", ..., on_disk_build="scratch.ann")
+    peak.anon, peak.file                       # bytes: must fit in RAM / page cache
+
+Linux only (reads /proc/<pid>/smaps, smaps_rollup and status); elsewhere the functions say
+so.
 
 Imports pandas and helpers.core.artifacts (reads /proc).
 """
@@ -10,7 +16,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import TracebackType
 
 import pandas as pd
 
@@ -94,3 +102,53 @@ def shared_load_demo(index_dir: str | os.PathLike, file_name: str, processes: in
     df = df.rename(columns={"Rss": "rss_kb", "Pss": "pss_kb", "Private": "private_kb"})
     df.attrs["file_kb"] = path.stat().st_size // 1024
     return df
+
+
+class PeakMemory:
+    """Peak resident memory of this process while a block runs, sampled every `interval`
+    seconds (a peak shorter than that can be missed).
+
+    anon: anonymous memory (heap, arrays): what must fit in RAM. file: file-backed pages
+    (memory-mapped stores and index files, libraries): page cache the kernel can write back
+    and evict, so a memory-mapped build of any size shows here, not in `anon`. The one
+    VmHWM figure (ru_maxrss) adds both and would count a mapped 5 GB store as used RAM.
+    `reset()` returns the anonymous peak so far and starts again (the phases of a build).
+    """
+
+    STATUS = Path("/proc/self/status")
+
+    def __init__(self, interval: float = 0.1) -> None:
+        if not self.STATUS.exists():
+            raise OSError("needs Linux /proc/self/status")
+        self.interval, self.anon, self.file = interval, 0, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        fields = {}
+        for line in self.STATUS.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) * 1024
+        self.anon = max(self.anon, fields.get("RssAnon", 0))
+        self.file = max(self.file, fields.get("RssFile", 0))
+
+    def reset(self) -> int:
+        anon, self.anon = self.anon, 0
+        self.sample()
+        return anon
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> PeakMemory:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._done.set()
+        self._thread.join()
+        self.sample()
