@@ -4,7 +4,8 @@ block, and growing an id array by doubling blocks.
 `row_blocks` yields raw (start, block) pairs, through the matrix's own `chunks` where it has
 one (a ShardedMatrix: memmap views that never straddle shards, no copy); `UnitChunks` is
 what the engines build from: the same blocks L2-normalised and checked. Building never
-holds a second full copy of a large store. `GrowableArray` keeps the ids (and the vectors,
+holds a second full copy of a large store. `gather_rows` reads scattered rows (a re-rank's
+candidates) with their pages asked for at once. `GrowableArray` keeps the ids (and the vectors,
 where an index keeps them) of an index that items are added to in chunks: amortised O(1)
 appends, not a copy of every row per add.
 Imports numpy and the index layer's protocol and errors.
@@ -12,6 +13,9 @@ Imports numpy and the index layer's protocol and errors.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +25,7 @@ from helpers.index.errors import DimensionError, InvalidVectorError
 from helpers.index.protocol import as_unit_vectors
 
 CHUNK_ROWS = 65_536  # rows normalised at a time when building (64k x 1280 x 4 B = 320 MB)
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def row_blocks(vectors: Any, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, Any]]:
@@ -30,6 +35,26 @@ def row_blocks(vectors: Any, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, Any]
         return
     for start in range(0, len(vectors), rows):
         yield start, vectors[start:start + rows]
+
+
+def gather_rows(vectors: Any, rows: np.ndarray) -> np.ndarray:
+    """float32 copy of `rows` of a [n, d] matrix (ndarray, memmap, ShardedMatrix). The pages
+    of memory-mapped rows are asked for all at once first (madvise WILLNEED): faulted in one
+    by one, each with the kernel's read-around, 100 scattered rows of a store on disk took
+    ~0.5 s, against ~10 ms so."""
+    rows = np.asarray(rows, np.int64)
+    blocks = getattr(vectors, "blocks", None) or [vectors]  # a ShardedMatrix's memmaps
+    starts = getattr(vectors, "starts", [0])
+    for block, start in zip(blocks, starts, strict=False):
+        if _LIBC is None or not isinstance(block, np.memmap):
+            continue
+        local = rows[(rows >= start) & (rows < start + len(block))] - start
+        addr = block.ctypes.data + local * block.strides[0]
+        first = addr & ~(mmap.PAGESIZE - 1)
+        for a, size in zip(first.tolist(), (addr + block.strides[0] - first).tolist(),
+                           strict=True):
+            _LIBC.madvise(ctypes.c_void_p(a), ctypes.c_size_t(size), mmap.MADV_WILLNEED)
+    return np.array(vectors[rows], np.float32)
 
 
 class UnitChunks:
