@@ -31,7 +31,8 @@ from _report import check_rows, table  # noqa: E402
 
 # (label, module, arguments, quick arguments). Every other bench/bench_*.py runs after these
 # with no arguments (a new bench is picked up by itself); other scripts here (simulate.py:
-# a data generator; fuzz_ingest.py: a fuzzer) are not benchmarks.
+# a data generator; scale_index.py: bench_scale's index part; fuzz_ingest.py: a fuzzer)
+# are not benchmarks.
 PLAN: list[tuple[str, str, list[str], list[str]]] = [
     ("ingest", "bench_ingest", [], ["--size-gb", "0.2"]),
     ("embed", "bench_embed", [], ["--no-tf", "--rounds", "1"]),

@@ -46,6 +46,7 @@ from _report import row  # noqa: E402
 from helpers.core.cpu import cpu_info  # noqa: E402
 from helpers.evaluate.metrics import recall_at_k  # noqa: E402
 from helpers.index import build_index, load_index  # noqa: E402
+from helpers.index.compressed import DEFAULT_K_FACTOR, DEFAULT_NPROBE  # noqa: E402
 from helpers.index.protocol import as_unit_vectors  # noqa: E402
 
 TRAIN_PICTURES = 12_371_293
@@ -64,7 +65,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--opq", action="store_true")
     ap.add_argument("--train-size", type=int, default=160_000)
     ap.add_argument("--rare-share", type=float, default=1e-4)
-    ap.add_argument("--knobs", default="64:10,128:10,256:10,256:20",
+    ap.add_argument("--reuse-index", action="store_true",
+                    help="measure the index a --keep run saved, without building it again")
+    ap.add_argument("--knobs", default="64:10,128:10,256:10,512:10",
                     type=lambda t: [tuple(map(int, x.split(":"))) for x in t.split(",")],
                     help="nprobe:k_factor pairs, side by side")
 
@@ -97,16 +100,21 @@ def bench_index(args: argparse.Namespace, data: Path) -> dict:
     print(f"exact 1280-d truth, chunk by chunk: {time.perf_counter() - t0:.0f} s; rare category "
           f"{rare}: {len(members)} items ({len(members) / n:.4%})")
 
-    t0 = time.perf_counter()
-    index = build_index("faiss_compressed", store.vectors, store.item_ids, cats, source=store,
-                        dim=args.dim, nlist=args.nlist, pq=args.pq, opq=args.opq,
-                        train_size=args.train_size)
-    build_s = time.perf_counter() - t0
     path = data / f"index-compressed-{n}"
-    index.save(path)
+    t0 = time.perf_counter()
+    if args.reuse_index and path.exists():
+        index = load_index(path, vectors=store)
+        build_s, how = float("nan"), f"reused {path.name}"
+    else:
+        index = build_index("faiss_compressed", store.vectors, store.item_ids, cats,
+                            source=store, dim=args.dim, nlist=args.nlist, pq=args.pq,
+                            opq=args.opq, train_size=args.train_size)
+        build_s = time.perf_counter() - t0
+        index.save(path)
+        how = (f"built in {build_s:.0f} s (trained on {args.train_size:,} rows, added in "
+               f"64k-row chunks from the shards)")
     factory = index.build_params["factory"]
-    print(f"{factory}: built in {build_s:.0f} s (trained on {args.train_size:,} rows, added "
-          f"in 64k-row chunks from the shards); load {load()}")
+    print(f"{factory}: {how}; load {load()}")
     ids = store.item_ids
     del index, store  # the child measures alone; the parent's store mappings go
     gc.collect()
@@ -151,8 +159,16 @@ def bench_index(args: argparse.Namespace, data: Path) -> dict:
         shutil.rmtree(path, ignore_errors=True)
     for f in (qfile, out):
         f.unlink(missing_ok=True)
+    # The headline: the method's default knobs when measured, else the fastest row on target.
+    default = [x for x in rows if (x["nprobe"], x["k_factor"]) == (DEFAULT_NPROBE,
+                                                                  DEFAULT_K_FACTOR)]
     ok = [x for x in rows if x["recall"] >= 0.9 and x["p99"] <= 0.05]
-    best = min(ok, key=lambda x: x["p99"]) if ok else max(rows, key=lambda x: x["recall"])
+    if default:
+        best = default[0]
+    elif ok:
+        best = min(ok, key=lambda x: x["p99"])
+    else:
+        best = max(rows, key=lambda x: x["recall"])
     return {"index": {**best, "at_12m": at_12m, "cold_p99": cold, "n": n, "build_s": build_s,
                       "factory": factory}}
 

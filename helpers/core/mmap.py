@@ -46,11 +46,24 @@ class RowReader:
         out = np.empty((len(rows), self._dim), np.float32)
         size = self._dim * 4
         which = np.searchsorted(self._starts, rows, side="right") - 1
-        for i, (b, r) in enumerate(zip(which.tolist(), rows.tolist(), strict=True)):
-            fd = self._fds.get(b)
-            if fd is None:
-                fd = self._fds[b] = os.open(self._files[b], os.O_RDONLY)
-            pos = self._offsets[b] + (r - int(self._starts[b])) * size
+        where = [(self._fd(b), self._offsets[b] + (r - int(self._starts[b])) * size)
+                 for b, r in zip(which.tolist(), rows.tolist(), strict=True)]
+        # Ask for every row at once first: on a cold cache the disk then reads them in
+        # parallel, not one blocking read after another (~0.5 s for 100 rows otherwise).
+        for fd, pos in where:
+            os.posix_fadvise(fd, pos, size, os.POSIX_FADV_WILLNEED)
+        for i, (fd, pos) in enumerate(where):
             if os.preadv(fd, [memoryview(out[i]).cast("B")], pos) != size:
-                raise OSError(f"{self._files[b]}: short read at row {r}")
+                raise OSError(f"short read at byte {pos} of a vector file")
         return out
+
+    def _fd(self, block: int) -> int:
+        fd = self._fds.get(block)
+        if fd is None:
+            fd = self._fds[block] = os.open(self._files[block], os.O_RDONLY)
+        return fd
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in getattr(self, "_fds", {}).values():
+                os.close(fd)

@@ -4,7 +4,8 @@ block, and growing an id array by doubling blocks.
 `row_blocks` yields raw (start, block) pairs, through the matrix's own `chunks` where it has
 one (a ShardedMatrix: memmap views that never straddle shards, no copy); `UnitChunks` is
 what the engines build from: the same blocks L2-normalised and checked. Building never
-holds a second full copy of a large store. `GrowableArray` keeps the ids (and the vectors,
+holds a second full copy of a large store (scattered rows, a re-rank's candidates, are read
+by `helpers.core.mmap.RowReader`). `GrowableArray` keeps the ids (and the vectors,
 where an index keeps them) of an index that items are added to in chunks: amortised O(1)
 appends, not a copy of every row per add.
 Imports numpy and the index layer's protocol and errors.

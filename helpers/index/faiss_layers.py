@@ -11,7 +11,8 @@ HNSW, k_factor to the Refine), so code that sets them walks down to find the lay
 
 Search knobs are passed per call (`search_params`), never set on a shared index: threads
 of an app search the same index, and one call's nprobe must not leak into another's.
-`id_selector` makes the category filter's selector (a hash set, or a bitmap of rows).
+`id_selector` makes the category filter's selector (a hash set, or a bitmap of rows);
+`list_of_ids` and `search_in_lists` probe only the IVF lists that hold a filter's members.
 
 Used by `helpers.index.faiss_index` and `helpers.index.compressed`. Imports faiss and numpy.
 """
@@ -108,3 +109,41 @@ def id_selector(ids: np.ndarray, rows: int | None = None) -> faiss.IDSelector:
     # FAISS tests bit (id & 7) of byte id >> 3: little bit order.
     bitmap = np.packbits(member, bitorder="little")
     return faiss.IDSelectorBitmap(bitmap)  # the one-argument form references the array
+
+
+def list_of_ids(ivf: faiss.IndexIVF, n: int) -> np.ndarray:
+    """The inverted list of each id 0..n-1 (ids being row numbers), read once from the
+    lists' ids (2 bytes an id while nlist < 65536): which lists hold a filter's members."""
+    out = np.zeros(n, np.uint16 if ivf.nlist <= 2**16 else np.int32)  # every id is in one
+    lists = ivf.invlists
+    for no in range(ivf.nlist):
+        size = lists.list_size(no)
+        if size:
+            out[faiss.rev_swig_ptr(lists.get_ids(no), size)] = no
+    return out
+
+
+def search_in_lists(index: faiss.Index, x: np.ndarray, k: int, lists: np.ndarray,
+                    lists_sel: Any, sel: Any, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """IVF search of `x` (before any PreTransform) that probes only `lists` (sorted list
+    numbers, `lists_sel` their selector), the nprobe nearest of them, with `sel` on the
+    ids: a filter whose members fill few lists scans those, not the lists nearest the
+    query. Returns (distances, ids) as `index.search` does."""
+    for layer in layers(index):
+        if isinstance(layer, faiss.IndexPreTransform):
+            for i in range(layer.chain.size()):
+                x = faiss.downcast_VectorTransform(layer.chain.at(i)).apply(x)
+    ivf = find(index, faiss.IndexIVF)
+    nprobe = max(1, min(nprobe, len(lists)))
+    coarse = faiss.SearchParameters()
+    coarse.sel = lists_sel
+    dq, iq = ivf.quantizer.search(x, nprobe, params=coarse)
+    params = faiss.SearchParametersIVF(nprobe=nprobe)
+    params.sel = sel
+    d = np.empty((len(x), k), np.float32)
+    ids = np.empty((len(x), k), np.int64)
+    # The C++ call: the Python wrapper refuses per-call parameters.
+    ivf.search_preassigned_c(len(x), faiss.swig_ptr(np.ascontiguousarray(x)), k,
+                             faiss.swig_ptr(iq), faiss.swig_ptr(dq), faiss.swig_ptr(d),
+                             faiss.swig_ptr(ids), False, params)
+    return d, ids
