@@ -7,16 +7,23 @@
     index = load_index("artifacts/index/ivf", expect_source={"model": "resnet50"})
 
 Methods (METHODS): "exact" (numpy brute force), "faiss" (any factory string),
-"annoy" (mmapped random-projection forest), "elasticsearch" (a node's dense_vector kNN).
+"annoy" (mmapped random-projection forest), "elasticsearch" (a node's dense_vector kNN),
+"faiss_compressed" (the full catalogue on one node: PCA + IVF-PQ candidates re-ranked
+with the exact vectors read from the memory-mapped vector store it was built from):
+
+    index = build_index("faiss_compressed", store.vectors, store.item_ids, cats,
+                        source=store, nlist=16384, train_size=250_000)
+    index = load_index(path, vectors=store)   # or load_index(path): reopens the store
 
 Layout: `protocol` (SearchResult, Knobs, VectorIndex, input validation), `errors`,
 `chunks` (reading vectors block by block), `pca` (a reduction fitted on a sample and
 saved with the index), `local` (LocalIndex: ids, categories, versioned
-save/load), `manifest` (meta.json, which vectors built an index), `faiss_layers` (walking
-nested FAISS indexes), `hits` (the one `Hit`: result rows as hits); engines `exact`,
+save/load), `categories` (a category filter's rows, once per index version), `manifest`
+(meta.json, which vectors built an index), `faiss_layers` (walking nested FAISS indexes,
+ID selectors), `hits` (the one `Hit`: result rows as hits); engines `exact`,
 `faiss_index`, `annoy_index`, `elasticsearch_index` (+ `elasticsearch_node`,
-`elasticsearch_bulk`), and `compressed` (the full-catalogue FAISS index). Indexes never
-import models.
+`elasticsearch_bulk`), and `compressed` (faiss_compressed). Indexes never import models;
+`compressed` alone reads the vector store's files (`helpers.vectors`, the layer below).
 
 Adding a method: one module here with a class implementing `VectorIndex` (usually by
 deriving `LocalIndex`), and one line in METHODS below. Engines are imported on first use,
@@ -70,12 +77,13 @@ def build_index(
     categories: np.ndarray | None = None,
     **params: Any,
 ) -> VectorIndex:
-    """Build an index of `method` ("exact", "faiss", "annoy").
+    """Build an index of `method` (a name of METHODS).
 
     vectors [n, d] (L2-normalised inside), ids [n] int64 product ids, categories [n] int64
-    or None. params: source= (metadata saved in meta.json) and the method's own parameters,
-    e.g. factory="HNSW32", efSearch=64 (faiss) or n_trees=50, search_k=-1, pca_dim=128,
-    on_disk_build="scratch.ann" (annoy).
+    or None. params: source= (the VectorStore of the vectors, or metadata saved in
+    meta.json) and the method's own parameters, e.g. factory="HNSW32", efSearch=64 (faiss),
+    n_trees=50, search_k=-1, pca_dim=128 (annoy) or nlist=4096, pq=64, nprobe=128
+    (faiss_compressed).
     """
     return METHODS[method].build(vectors, ids, categories, **params)
 

@@ -20,8 +20,9 @@ MobileNetV2 vectors, so off), train_size (rows sampled for training), seed. Meas
 bench/bench_scale.py: recall is bounded by the lists scanned (nprobe), not by the codes.
 
 Memory: a PQ code and an 8-byte id a vector in the inverted lists (72 B with pq=64:
-0.9 GB at 12.4 M), the coarse centroids, ids.npy and categories.npy (memory-mapped), and
-4 B a row for the category rows (on the first filtered search). The engine file is read
+0.9 GB at 12.4 M), the coarse centroids, ids.npy and categories.npy (memory-mapped), and,
+from the first filtered search, 4 B a row for the category rows and 2 B a row for each
+row's IVF list: a filter probes only the lists holding its members. The engine file is read
 with faiss.IO_FLAG_MMAP: the inverted lists stay in the page cache, one copy for every
 process serving the same version (gunicorn workers). FAISS's precomputed IVF-PQ table
 (nlist x pq x 256 floats a process: 1 GB at nlist 16384, pq 64) is not made.

@@ -31,10 +31,10 @@ Elsewhere in the layer:
   copied whole into RAM first.
 - `helpers.index.local`: `LocalIndex`, the base class of in-process engines (exact, FAISS,
   Annoy). It keeps ids and categories as numpy arrays next to the engine and does the
-  validation, id lookup, category masks and the save/load layout once, so an engine only
-  implements `_search` & co. Saving is atomic as a set: engine file, ids, categories,
-  meta.json and manifest.json go into a new immutable version folder, then `path/current`
-  is swapped to point at it.
+  validation, id lookup, category filter rows (`helpers.index.categories`, once per index
+  version) and the save/load layout once, so an engine only implements `_search` & co.
+  Saving is atomic as a set: engine file, ids, categories, meta.json and manifest.json go
+  into a new immutable version folder, then `path/current` is swapped to point at it.
 - `helpers.index.manifest`: meta.json and the manifest chain (which vectors built an index).
 Engines that keep ids, categories and vectors themselves (an Elasticsearch index: product
 id = document id, category = a keyword field used as a kNN filter, `params` =
