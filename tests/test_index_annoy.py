@@ -260,3 +260,22 @@ def test_footprint_estimates_the_file(pca_dim, tmp_path):
     assert abs(est.total - size) < 0.15 * size, (est, size)
     assert annoy_footprint(20_000, 64, 20, pca_dim).forest == pytest.approx(2 * est.forest,
                                                                             rel=1e-3)
+
+
+def test_one_random_projection_tree_splits_into_small_near_leaves():
+    """helpers.index.trees: the leaves partition the points, none above leaf_size, and a
+    point's leaf mates are nearer to it than random points are."""
+    from helpers.index.trees import rp_tree
+
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(2000, 2))
+    leaves = rp_tree(pts, leaf_size=20, seed=1)
+    rows = np.concatenate(leaves)
+    assert sorted(rows.tolist()) == list(range(2000))  # every point in exactly one leaf
+    assert max(len(leaf) for leaf in leaves) <= 20
+    within = np.mean([np.linalg.norm(pts[leaf] - pts[leaf].mean(0), axis=1).mean()
+                      for leaf in leaves])
+    spread = np.linalg.norm(pts - pts.mean(0), axis=1).mean()
+    assert within < spread / 5
+    with pytest.raises(ValueError):
+        rp_tree(pts, leaf_size=0)
