@@ -104,6 +104,7 @@ def serve(art: Path, seconds: float, log: Path) -> dict:
 
     from bench_apps import Client, free_port, open_loop, start_server
 
+    from helpers.scale.memory import process_kb
     from helpers.serve.loader import load_artifacts
 
     a = load_artifacts(art)
@@ -120,21 +121,13 @@ def serve(art: Path, seconds: float, log: Path) -> dict:
             raise SystemExit(f"warm-up requests failed: {bad[:3]}")
         res = open_loop(port, paths, 20.0, seconds, 16)
         workers = psutil.Process(server.pid).children()
-        mem = [_smaps(w.pid) for w in workers]
+        mem = [process_kb(w.pid) for w in workers]
     finally:
         server.terminate()
         server.wait(20)
     return {**res, "workers": len(mem),
-            "worker_rss_gb": round(max(m["Rss"] for m in mem) / 1e9, 3),
-            "worker_pss_gb": round(max(m["Pss"] for m in mem) / 1e9, 3)}
-
-
-def _smaps(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, value = line.split(":", 1)
-        out[key] = int(value.split()[0]) * 1024
-    return out
+            "worker_rss_gb": round(max(m["Rss"] for m in mem) * 1024 / 1e9, 3),
+            "worker_pss_gb": round(max(m["Pss"] for m in mem) * 1024 / 1e9, 3)}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
