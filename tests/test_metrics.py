@@ -34,6 +34,23 @@ def test_recall_at_k():
     assert recall_at_k(exact[0], exact[0], 3) == 1.0  # one query as 1-D
 
 
+def test_recall_ties_and_self_by_hand():
+    exact = np.array([[1, 2, 3, 4]])
+    scores = np.array([[0.9, 0.8, 0.8, 0.1]])
+    # k=2: 2 and 3 tie for the 2nd place, so [1, 3] is as right as [1, 2].
+    assert recall_at_k([[1, 3]], exact, 2) == 0.5
+    assert recall_at_k([[1, 3]], exact, 2, exact_scores=scores) == 1.0
+    assert recall_at_k([[3, 2]], exact, 2, exact_scores=scores) == 0.5  # 1 missed
+    assert recall_at_k([[4, 9]], exact, 2, exact_scores=scores) == 0.0  # 4 is below the tie
+    # The query (id 7) found itself first: left out, the rest shift up; counted, it costs a slot.
+    assert recall_at_k([[7, 1, 2]], [[1, 2, 5]], 2, query_ids=[7]) == 1.0
+    assert recall_at_k([[7, 1, 2]], [[1, 2, 5]], 2) == 0.5
+    # ...and left out of the exact answers when they hold it (a bare Flat search).
+    assert recall_at_k([[7, 1, 2]], [[7, 1, 5]], 2, query_ids=[7]) == 0.5
+    with pytest.raises(ValueError, match="scores"):
+        recall_at_k([[1, 2]], exact, 2, exact_scores=[[0.9, 0.8]])
+
+
 def test_recall_errors():
     a = np.zeros((2, 5), np.int64)
     with pytest.raises(ValueError, match="k must be"):

@@ -1,8 +1,8 @@
 """Search quality and speed: recall@k against exact search, precision@k by category, QPS.
 
-exact = build_index("exact", base, ids).search(queries, 10).ids
-approx = index.search(queries, 10).ids
-recall_at_k(approx, exact, 10)          # share of the true top-10 found
+truth = exact_truth(vectors, ids, query_ids, 10)    # helpers.evaluate.truth: itself left out
+approx = index.search(queries, 11).ids
+recall_at_k(approx, truth, 10, query_ids=query_ids) # share of the true top-10 found, ties too
 measure_qps(lambda q: index.search(q, 10), queries)
 
 Retrieval quality of result lists (``06_compare``), all per query so they can be broken down:
@@ -34,25 +34,68 @@ from helpers.core.ids import IdMap, decode
 # Results asked beyond k, so that ties across the cut (and the query itself, dropped by
 # drop_self) are seen.
 TIE_SLACK = 5
+# Exact cosine scores this close are a tie: float32 rounding of equal vectors, not an order.
+TIE_TOLERANCE = 1e-6
 
 
-def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
-    """Mean over queries of |approx top-k ∩ exact top-k| / k.
+def recall_at_k(approx_ids: Any, exact: Any, k: int, *, exact_scores: Any = None,
+                query_ids: Any = None) -> float:
+    """Mean over queries of the share of the true top k found in the approximate top k.
 
-    approx_ids, exact_ids: [nq, >= k] ids, best first. -1 (no result) never counts as found;
-    when exact search has fewer than k results for a query, divide by how many it has.
+    The one recall of the project (03-06, the sweeps, the benches). approx_ids: [nq, >= k]
+    ids, best first; -1 (no result) never counts. exact: the exact answers, an id array
+    [nq, >= k] or a result with ``.ids`` and ``.scores`` (``truth.exact_truth``).
+
+    query_ids: each query's own id, left out of both answer lists (ask k + 1 results). A
+    query searched with its stored vector finds itself at rank 1; counting that would add
+    up to 1/k to every recall.
+
+    exact_scores (or the result's scores): ties are handled. Every item whose exact score
+    equals the k-th one (within TIE_TOLERANCE) is an equally right answer, so finding any
+    of them counts; pass a few more than k exact columns (exact_truth gives TIE_SLACK more)
+    to see ties across the cut. When exact search has fewer than k results for a query,
+    divide by how many it has.
     """
-    a, e = _top(approx_ids, k, "approx_ids"), _top(exact_ids, k, "exact_ids")
+    if exact_scores is None and hasattr(exact, "ids") and hasattr(exact, "scores"):
+        exact, exact_scores = exact.ids, exact.scores
+    _check_k(k)
+    e = np.atleast_2d(np.asarray(exact, np.int64))
+    a = np.atleast_2d(np.asarray(approx_ids, np.int64))
+    s = None if exact_scores is None else np.atleast_2d(np.asarray(exact_scores, np.float64))
+    if s is not None and s.shape != e.shape:
+        raise ValueError(f"exact scores {s.shape} and exact ids {e.shape} differ")
+    if query_ids is not None:
+        a, _ = drop_self(a, np.zeros(a.shape), query_ids)
+        e, s_ = drop_self(e, np.zeros(e.shape) if s is None else s, query_ids)
+        s = None if s is None else s_
+    a, e_k = _top(a, k, "approx_ids"), _top(e, k, "exact_ids")
     if a.shape[0] != e.shape[0]:
         raise ValueError(f"{a.shape[0]} approximate result rows, {e.shape[0]} exact")
     if a.shape[0] == 0:
         raise ValueError("no queries")
-    hits = np.empty(a.shape[0])
-    for s in range(0, a.shape[0], 4096):  # bounds the [block, k, k] comparison
-        ab, eb = a[s : s + 4096], e[s : s + 4096]
-        found = (ab[:, :, None] == eb[:, None, :]) & (eb[:, None, :] >= 0)
-        hits[s : s + 4096] = found.any(axis=1).sum(axis=1) / np.maximum((eb >= 0).sum(axis=1), 1)
-    return float(hits.mean())
+    want = np.maximum((e_k >= 0).sum(axis=1), 1)  # how many true answers a query has
+    if s is None:
+        above, tied = e_k, np.full_like(e_k, -1)
+    else:
+        # Answers above the k-th score must each be found; those tied with it share the
+        # places left, so finding any of them counts, up to that many.
+        kth = s[np.arange(len(s)), want - 1][:, None]  # the k-th (or last) exact score
+        valid = e >= 0
+        above = np.where(valid & (s > kth + TIE_TOLERANCE), e, -1)
+        tied = np.where(valid & (np.abs(s - kth) <= TIE_TOLERANCE), e, -1)
+    places = want - (above >= 0).sum(axis=1)  # left for the tied answers
+    hits = np.empty(a.shape[0])  # right answers found (a duplicate in a row counts once)
+    for b in range(0, a.shape[0], 4096):  # bounds the [block, k, m] comparison
+        blk = slice(b, b + 4096)
+        hits[blk] = (_found(a[blk], above[blk])
+                     + np.minimum(_found(a[blk], tied[blk]), places[blk]))
+    return float((hits / want).mean())
+
+
+def _found(approx: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Per row, how many of ``wanted``'s ids (-1: none) appear in ``approx``."""
+    hit = (approx[:, :, None] == wanted[:, None, :]) & (wanted[:, None, :] >= 0)
+    return hit.any(axis=1).sum(axis=1)
 
 
 def precision_at_k(neighbor_categories: np.ndarray, query_categories: np.ndarray, k: int) -> float:

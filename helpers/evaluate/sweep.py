@@ -1,7 +1,8 @@
 """Speed/quality trade-offs of an index: sweep its search knob, measure recall@k and QPS, plot.
 
-    truth = build_index("exact", vectors, ids).search(queries, 10).ids
-    table = knob_sweep(index, "efSearch", [16, 32, 64, 128], queries, truth)
+    truth = exact_truth(vectors, ids, query_ids, 10)   # helpers.evaluate.truth
+    table = knob_sweep(index, "efSearch", [16, 32, 64, 128], queries, truth,
+                       query_ids=query_ids)             # each query left out of its answers
     plot_recall_qps({"HNSW32": table}, exact_qps=...)
 
 The one knob sweep and the one recall-vs-QPS plot: notebooks 03-05 call them directly, and
@@ -22,7 +23,6 @@ from helpers.core.cpu import cpu_info
 from helpers.evaluate.metrics import (
     TIE_SLACK,
     batch_qps,
-    drop_self,
     measure_qps,
     pareto_frontier,
     recall_at_k,
@@ -53,10 +53,11 @@ def knob_values(index: Any, kind: str, k: int) -> list[int]:
 
 
 def knob_sweep(index: Any, knob: str, values: Sequence[int], queries: np.ndarray,
-               truth: np.ndarray, k: int = 10, *, query_ids: np.ndarray | None = None,
+               truth: Any, k: int = 10, *, query_ids: np.ndarray | None = None,
                repeat: int | None = 3) -> pd.DataFrame:
-    """recall@k (vs ``truth``, the exact top k) and QPS of ``index`` for each value of
-    one search knob: a table with columns knob, value, recall, qps. The knob is restored
+    """recall@k (``metrics.recall_at_k`` against ``truth``, the exact answers: ids, or
+    ``truth.exact_truth``'s result for ties) and QPS of ``index`` for each value of one
+    search knob: a table with columns knob, value, recall, qps. The knob is restored
     afterwards.
 
     query_ids: the queries' own ids, left out of their results (``truth`` leaves them out
@@ -65,22 +66,18 @@ def knob_sweep(index: Any, knob: str, values: Sequence[int], queries: np.ndarray
     ``repeat`` runs, or, with ``repeat=None``, of as many as fill 0.3 s (3 to 50).
     """
     before = index.params[knob]
+    deep = k if query_ids is None else min(len(index), k + TIE_SLACK)
     rows = []
     try:
         for v in values:
             index.params[knob] = int(v)
-            if query_ids is None:
-                got = index.search(queries, k).ids
-            else:
-                got = np.asarray(index.search(queries, min(len(index), k + TIE_SLACK)).ids,
-                                 np.int64)
-                got, _ = drop_self(got, np.zeros(got.shape), query_ids)
+            got = index.search(queries, deep).ids
             if repeat is None:
                 qps = batch_qps(lambda q: index.search(q, k), queries)
             else:
                 qps = measure_qps(lambda q: index.search(q, k), queries, repeat=repeat)
-            rows.append({"knob": knob, "value": int(v),
-                         "recall": recall_at_k(got[:, :k], truth, k), "qps": qps})
+            rows.append({"knob": knob, "value": int(v), "qps": qps,
+                         "recall": recall_at_k(got, truth, k, query_ids=query_ids)})
     finally:
         index.params[knob] = before
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -2,14 +2,14 @@
 
     query_ids = query_sample(ids, 1000, seed=0)           # all ids when there are fewer
     truth = exact_truth(store.vectors, ids, query_ids, k=10)
-    table = knob_sweep(index, "nprobe", [8, 32], store_rows(...), truth.ids, 10,
-                       query_ids=query_ids)
+    recall_at_k(index.search(queries, 11).ids, truth, 10, query_ids=query_ids)
+    table = knob_sweep(index, "nprobe", [8, 32], queries, truth, 10, query_ids=query_ids)
 
 The items are read block by block from the (memory-mapped) store, so the truth of 1,000
 queries over 12.4 M vectors needs one block in RAM, not a Flat copy of everything nor a
 search of every item (N^2). Each query is an item of the store and is left out of its own
-answers, as every recall of the notebooks leaves it out. Imports numpy, helpers.core.ids and
-helpers.index.exact.
+answers, as every recall of the notebooks leaves it out. Imports numpy, helpers.core.ids,
+helpers.evaluate.metrics and helpers.index.exact.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from helpers.core.ids import IdMap
+from helpers.evaluate.metrics import TIE_SLACK
 from helpers.index.exact import streamed_top_k
 from helpers.index.protocol import SearchResult
 
@@ -43,10 +44,12 @@ def query_vectors(vectors: Any, ids: Any, query_ids: Any) -> np.ndarray:
 
 def exact_truth(vectors: Any, ids: Any, query_ids: Any, k: int,
                 rows: int | None = None) -> SearchResult:
-    """Exact cosine top-``k`` of each query id among all items but itself."""
+    """Exact cosine top ``k`` of each query id among all items but itself, and TIE_SLACK
+    more (as many as there are), so that ``recall_at_k`` sees ties across the k-th place."""
     ids = np.asarray(ids, np.int64)
     qrows = IdMap(ids).rows(np.asarray(query_ids, np.int64))
     kw = {} if rows is None else {"rows": rows}
-    top, scores = streamed_top_k(query_vectors(vectors, ids, query_ids), vectors, k,
+    deep = max(1, min(k + TIE_SLACK, len(ids) - 1))
+    top, scores = streamed_top_k(query_vectors(vectors, ids, query_ids), vectors, deep,
                                  exclude_rows=qrows, **kw)
     return SearchResult(ids[top], scores)

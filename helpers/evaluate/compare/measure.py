@@ -38,6 +38,8 @@ from helpers.evaluate.metrics import (
     same_product_retrieval,
 )
 from helpers.evaluate.sweep import KNOBS, knob_sweep, knob_values
+from helpers.evaluate.truth import exact_truth
+from helpers.index.protocol import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ def measure(m: Method, v: Vectors, cats: pd.DataFrame, queries_p: np.ndarray,
             queries_i: np.ndarray, *, ks: Sequence[int], n_latency: int,
             index_dir: str | os.PathLike, es_params: Mapping[str, Any] | None = None,
             measure_memory: bool = True,
-            truth: dict[tuple[str, str], np.ndarray] | None = None) -> Measured:
+            truth: dict[tuple[str, str], SearchResult] | None = None) -> Measured:
     """Build method m's indexes on v (products, then pictures) and measure them.
 
     cats: categories of the products (``inputs.category_frame``); queries_p, queries_i: the
@@ -144,11 +146,9 @@ def measure(m: Method, v: Vectors, cats: pd.DataFrame, queries_p: np.ndarray,
         out[f"l1_p@{kk}"] = float(t1["precision"].mean()) if len(t1) else float("nan")
         out[f"l1_chance@{kk}"] = float(t1["chance"].mean()) if len(t1) else float("nan")
     key = (m.embedding, "product")
-    if key not in truth:
-        exact, _ = build("exact", pvec, v.product_ids, None)
-        e_ids, e_sc = search_rows(exact, qv, k)
-        truth[key] = drop_self(e_ids, e_sc, queries_p)[0][:, :k]
-    out[f"recall@{k}"] = recall_at_k(ids_[:, :k], truth[key], k)
+    if key not in truth:  # each query left out of its own answers, ties seen across the cut
+        truth[key] = exact_truth(pvec, v.product_ids, queries_p, k)
+    out[f"recall@{k}"] = recall_at_k(ids_, truth[key], k)  # ids_: the query already dropped
     out["build_s"] = build_s
     path = None
     if m.kind == "elasticsearch":  # the vectors live on the node: its store, no local file

@@ -133,7 +133,7 @@ def compare(
     rows, sweeps, results, per_cat = [], {}, {}, {}
     cats: pd.DataFrame | None = None
     queries_p = queries_i = None
-    truth: dict[tuple[str, str], np.ndarray] = {}
+    truth: dict[tuple[str, str], Any] = {}  # exact answers per (embedding, level)
 
     for m in parsed:
         row: dict[str, Any] = {"method": m.name, "embedding": m.embedding, "index": m.kind,
