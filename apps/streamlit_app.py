@@ -112,8 +112,7 @@ def grid(hits: list[dict], work_dir: str | None, key: str, columns: int = COLUMN
                           args=(h["product_id"],), width="stretch")
                 if dislike:
                     st.button("Not this", key=f"not-{key}-{h['product_id']}",
-                              on_click=not_this, args=(h["product_id"],), width="stretch",
-                              help="fewer like this in the recommendations")
+                              on_click=not_this, args=(h["product_id"],), width="stretch")
 
 
 def main() -> None:
@@ -140,12 +139,11 @@ def main() -> None:
         k = st.slider("Related products", 1, 30, 10, key="k")
         strategy = st.selectbox("Related to recently viewed, by", STRATEGIES,
                                 index=STRATEGIES.index(DEFAULT_STRATEGY),
-                                format_func=LABELS.get, key="strategy",
-                                help="mean: one search with the mean of what you viewed; "
-                                     "best score: the closest to any one of them; round "
-                                     "robin: each one's own neighbours in turn")
-        mmr = st.slider("Diversity (MMR)", 0.0, 1.0, 0.0, 0.1, key="mmr",
-                        help="0: off; higher: fewer near-identical recommendations")
+                                format_func=LABELS.get, key="strategy")
+        # A caption, not a help tooltip: the tooltip opens over the page's first tiles.
+        st.caption("mean: one search with the mean of what you viewed; best score: the "
+                   "closest to any one of them; round robin: each one's neighbours in turn")
+        mmr = st.slider("Diversity (MMR)", 0.0, 1.0, 0.0, 0.1, key="mmr")
         query = st.text_input("Find a product", placeholder="product id, category id or name",
                               key="query")
         found = find_products(art.catalogue, query, limit=50, categories=names)
