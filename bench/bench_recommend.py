@@ -16,7 +16,9 @@ the sessions:
 
 The vectors are the samples' real embeddings, built once under bench/data/ (about a
 minute for the built-in sample on 2 cores). Rows for ``make bench``: each strategy's
-coverage and precision, and the default strategy's coverage against the mean's.
+coverage and precision, and the default strategy's coverage against the mean's (target
+1.2x: a mixed session must get clearly more of its kinds of products than the blurred
+mean row, not a tie).
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ def datasets(wanted: list[str]) -> dict[str, tuple[Path, Path]]:
 
 def run_one(name: str, bson: Path, cats_csv: Path, n_sessions: int, seed: int):
     from helpers.evaluate.sessions import measure_sessions, sample_sessions
-    from helpers.serve.loader import build_serving_artifacts, load_artifacts
+    from helpers.serve.loader import build_serving_artifacts, configure_app_process, load_artifacts
     from helpers.serve.related import Related
 
+    configure_app_process()  # the apps' threads (FAISS on one): timings as served
     t = time.perf_counter()
     work = build_serving_artifacts(DATA / f"recommend_{name}", bson, cats_csv)
     art = load_artifacts(work)
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                 table.loc[label, col], unit="share"))
         ratio = table.loc[DEFAULT_STRATEGY, "coverage"] / table.loc["mean", "coverage"]
         rows.append(row(f"coverage@{K} of mixed sessions, default ({DEFAULT_STRATEGY}) vs "
-                        f"mean, {name}", ratio, target=1.0,
+                        f"mean, {name}", ratio, target=1.2,
                         note=f"precision {table.loc[DEFAULT_STRATEGY, 'precision']:.3f} vs "
                              f"{table.loc['mean', 'precision']:.3f}"))
     return rows
