@@ -235,24 +235,25 @@ def show_product(rel: Related, pid: int, method: str, k: int, work_dir: str | No
         elif rhits:
             grid(describe(art.catalogue, rhits), work_dir, "recent-related", dislike=True)
         st.subheader("Recently viewed")
-        shown = []
-        for r in recent:
-            try:
-                shown.append(art.catalogue.product(r))
-            except UnknownProductError:
-                continue
+        shown = known_products(art, recent)
         grid(describe_products(art, shown), work_dir, "viewed", max(len(shown), COLUMNS))
     negative = list(st.session_state.get("negative", []))
     if negative:
         st.subheader("Not for you")
-        gone = []
-        for r in negative:
-            try:
-                gone.append(art.catalogue.product(r))
-            except UnknownProductError:
-                continue
+        gone = known_products(art, negative)
         grid(describe_products(art, gone), work_dir, "negative", max(len(gone), COLUMNS))
         st.button("Forget these", key="forget-negative", on_click=forget_negatives)
+
+
+def known_products(art, ids: list[int]) -> list:
+    """The products of ids kept in the session, those gone from the catalogue passed over."""
+    out = []
+    for r in ids:
+        try:
+            out.append(art.catalogue.product(r))
+        except UnknownProductError:
+            continue
+    return out
 
 
 main()

@@ -115,12 +115,18 @@ def test_flask_in_browser(browser, flask_url):
     page.close()
 
 
-def test_streamlit_in_browser(browser, streamlit_url):
+def streamlit_product_page(browser, url: str):
+    """The Streamlit app in a new page, with the first product of its start page viewed."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(streamlit_url)
+    page.goto(url)
     page.get_by_text("Pick a product in the sidebar").wait_for(timeout=90_000)
     page.get_by_role("button", name="View").first.click()
     page.get_by_text("Looks like it (FAISS)").wait_for(timeout=60_000)
+    return page
+
+
+def test_streamlit_in_browser(browser, streamlit_url):
+    page = streamlit_product_page(browser, streamlit_url)
     sel = '[data-testid="stMain"] [data-testid="stImage"] img'
     page.wait_for_function(f"""() => document.querySelectorAll('{sel}').length >= 11""",
                            timeout=60_000)
@@ -160,11 +166,7 @@ def test_flask_recommend_controls_in_browser(browser, flask_url):
 
 
 def test_streamlit_recommend_controls_in_browser(browser, streamlit_url):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(streamlit_url)
-    page.get_by_text("Pick a product in the sidebar").wait_for(timeout=90_000)
-    page.get_by_role("button", name="View").first.click()
-    page.get_by_text("Looks like it (FAISS)").wait_for(timeout=60_000)
+    page = streamlit_product_page(browser, streamlit_url)
     page.get_by_role("button", name="View").first.click()  # a related product
     page.get_by_text("Related to what you recently viewed").wait_for(timeout=60_000)
     page.get_by_text("by round robin").wait_for(timeout=30_000)
