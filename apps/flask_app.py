@@ -9,6 +9,7 @@ described by ``/openapi.json``:
     GET  /api/products/<id>                         a product
     GET  /api/products/<id>/related?k=10&method=faiss&category=...
     POST /api/search   (multipart field "image")    products that look like a photo
+    POST /api/recommend {"positive": [...], "negative": [...], "strategy": "round_robin"}
     GET  /images/<product_id>/<i>.jpg               a product's picture, from the BSON store
     GET  /api/methods                               search methods, and why some are not here
 
@@ -24,12 +25,23 @@ import os
 import secrets
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template_string, request, session, url_for
+from flask import (
+    Flask,
+    Response,
+    jsonify,
+    redirect,
+    render_template_string,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from helpers.catalogue.protocol import UnknownProductError
+from helpers.index.recommend import DEFAULT_STRATEGY, LABELS, STRATEGIES
 from helpers.ingest.jpeg import check_jpeg_bytes
 from helpers.serve.inputs import (
+    MAX_EXAMPLES,
     MAX_K,
     MAX_UPLOAD_BYTES,
     RelatedError,
@@ -38,6 +50,7 @@ from helpers.serve.inputs import (
     parse_k,
     parse_method,
     parse_product_id,
+    parse_recommend,
 )
 from helpers.serve.loader import configure_app_process, load_artifacts
 from helpers.serve.pages import describe
@@ -47,6 +60,7 @@ from helpers.serve.related import NoVectorError, Related
 log = logging.getLogger(__name__)
 
 RECENT_N = 5
+NEGATIVE_N = 5  # "not this" products kept in the session
 ENV_SECRET = "VPS_SECRET_KEY"
 
 
@@ -186,6 +200,20 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
         return jsonify({"method": method, "k": k, "category": category,
                         "results": hits_json(hits)})
 
+    @app.post("/api/recommend")
+    def recommend() -> Response:
+        q = parse_recommend(request.get_json(silent=True))
+        method = parse_method(q["method"], art.default_method, art.available())
+        strategy = q["strategy"] or DEFAULT_STRATEGY
+        try:
+            hits = rel.recommend(q["positive"], q["negative"], q["k"], method, strategy,
+                                 q["mmr"], q["category"], strict=True)
+        except (UnknownProductError, NoVectorError) as exc:
+            raise NotFound(str(exc)) from None
+        return jsonify({"positive": q["positive"], "negative": q["negative"],
+                        "strategy": strategy, "mmr": q["mmr"], "method": method, "k": q["k"],
+                        "category": q["category"], "results": hits_json(hits)})
+
     @app.get("/images/<product_id>/<index>.jpg")
     def image(product_id: str, index: str) -> Response:
         # Pictures come from the BSON store by the catalogue's offset: a path is only ever
@@ -233,7 +261,8 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
                 "method": param("method") or art.default_method,
                 "k": param("k") or 10, "product": None, "related": [],
                 "recent": [], "recent_related": [], "product_id": "", "max_k": MAX_K,
-                "uploaded": None,
+                "uploaded": None, "strategies": [(s, LABELS[s]) for s in STRATEGIES],
+                "strategy": session.get("strategy") or DEFAULT_STRATEGY, "negative": [],
                 "photo_methods": [m for m in art.available() if art.methods[m].upload],
                 "examples": examples(),
                 "img": lambda pid, i: url_for("image", product_id=pid, index=i)}
@@ -266,11 +295,34 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
         ctx["related"] = hits_json(related_hits(pid, k, method, category))
         recent.add(pid)
         session["recent"] = recent.to_list()
+        strategy = request.args.get("strategy")
+        if strategy is not None:  # chosen once, kept for the session
+            if strategy not in STRATEGIES:
+                raise RelatedError(f"strategy must be one of {', '.join(STRATEGIES)}, "
+                                   f"not {strategy[:40]!r}")
+            session["strategy"] = ctx["strategy"] = strategy
+        negative = RecentlyViewed.from_list(session.get("negative"), NEGATIVE_N)
+        ctx["negative"] = describe_ids(negative.ids)
         if earlier:
             ctx["recent"] = describe_ids(earlier)
-            ctx["recent_related"] = hits_json(
-                rel.related_to_recent(recent.ids, k, method, category=category))
+            ctx["recent_related"] = hits_json(rel.recommend(
+                recent.ids, negative.ids, k, method, ctx["strategy"], category=category))
         return Response(render_template_string(PAGE, error=None, **ctx), mimetype="text/html")
+
+    @app.post("/not-this")
+    def not_this() -> Response:
+        """A tile's "not this": the product joins the session's negative examples (or
+        "forget" empties them); back to the product page it was clicked on."""
+        negative = RecentlyViewed.from_list(session.get("negative"), NEGATIVE_N)
+        if request.form.get("forget"):
+            negative = RecentlyViewed(NEGATIVE_N)
+        else:
+            negative.add(parse_product_id(request.form.get("product_id", "")))
+        session["negative"] = negative.to_list()
+        back = parse_product_id(request.form.get("back", ""))
+        k = parse_k(request.form.get("k"))
+        method = parse_method(request.form.get("method"), art.default_method, art.available())
+        return redirect(url_for("index", product_id=back, method=method, k=k), code=303)
 
     def describe_ids(pids: list[int]) -> list[dict[str, Any]]:
         known = []
@@ -305,6 +357,7 @@ def openapi_spec(methods: list[str]) -> dict[str, Any]:
     results = {"description": "related products, best first", "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/Results"}}}}
     nullable_int = {"type": "integer", "nullable": True}
+    ident = {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}
     return {
         "openapi": "3.0.3",
         "info": {"title": "Visual product search", "version": "1.0.0",
@@ -328,6 +381,12 @@ def openapi_spec(methods: list[str]) -> dict[str, Any]:
                                   "description": f"JPEG/PNG/WebP, at most "
                                                  f"{MAX_UPLOAD_BYTES} bytes"}}}}}},
                 "responses": {"200": results, "400": error}}},
+            "/api/recommend": {"post": {
+                "summary": "Products for several positive and negative examples",
+                "operationId": "recommend",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Recommend"}}}},
+                "responses": {"200": results, "400": error, "404": error}}},
             "/images/{product_id}/{index}.jpg": {"get": {
                 "summary": "A product's picture", "operationId": "getImage",
                 "parameters": [pid, {"name": "index", "in": "path", "required": True,
@@ -359,6 +418,27 @@ def openapi_spec(methods: list[str]) -> dict[str, Any]:
                                   "items": {"type": "string"}},
                 "label": {"type": "string"},
                 "image": {"type": "string", "nullable": True}}},
+            "Recommend": {
+                "type": "object", "required": ["positive"], "additionalProperties": False,
+                "properties": {
+                    "positive": {"type": "array", "minItems": 1, "maxItems": MAX_EXAMPLES,
+                                 "items": ident, "description": "products to suggest from "
+                                 "(recently viewed, liked); the session's own are never "
+                                 "suggested"},
+                    "negative": {"type": "array", "maxItems": MAX_EXAMPLES, "items": ident,
+                                 "description": '"not this": steer away from these'},
+                    "strategy": {"type": "string", "enum": list(STRATEGIES),
+                                 "default": DEFAULT_STRATEGY, "description":
+                                 "mean: one search with the mean vector; best: max cosine "
+                                 "to a positive minus max to a negative; round_robin: each "
+                                 "positive's own neighbours in turn"},
+                    "mmr": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True,
+                            "description": "diversity weight against near-identical "
+                                           "results (maximal marginal relevance); 0: off"},
+                    "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+                    "method": {"type": "string", "enum": methods},
+                    "category": {**ident, "nullable": True,
+                                 "description": "only products of this category id"}}},
             "Results": {"type": "object", "required": ["results"], "properties": {
                 "product_id": {"type": "integer"}, "method": {"type": "string"},
                 "k": {"type": "integer"}, "category": nullable_int,
@@ -405,10 +485,20 @@ PAGE = """<!doctype html>
  .strip { display: flex; gap: 8px; overflow-x: auto; }
  .strip .card { width: 110px; flex: none; }
  form.upload { margin-top: 8px; }
+ .tile { display: flex; flex-direction: column; gap: 4px; }
+ .tile .card { flex: 1; }
+ form.not-this button { width: 100%; background: #fff; color: var(--muted); font-size: 12px;
+                        padding: 2px 6px; border-color: var(--line); }
  .empty { color: var(--muted); background: #fff; border: 1px dashed var(--line);
           padding: 14px; border-radius: 8px; }
 </style></head>
 <body>
+{% macro not_this(h) %}<form method="post" action="/not-this" class="not-this">
+ <input type="hidden" name="product_id" value="{{ h.product_id }}">
+ <input type="hidden" name="back" value="{{ product.product_id }}">
+ <input type="hidden" name="method" value="{{ method }}"><input type="hidden" name="k"
+  value="{{ k }}"><button type="submit" title="fewer like this">Not this</button></form>
+{% endmacro %}
 <header>
  <h1>Visual product search</h1>
  <form method="get" action="/">
@@ -422,6 +512,12 @@ PAGE = """<!doctype html>
   </select>
   <input name="k" type="number" min="1" max="{{ max_k }}" value="{{ k }}" aria-label="k"
          style="width:5em">
+  <select name="strategy" aria-label="recommendation strategy"
+          title="how &quot;related to what you recently viewed&quot; is made">
+   {% for s, label in strategies %}
+   <option value="{{ s }}" {% if s == strategy %}selected{% endif %}>{{ label }}</option>
+   {% endfor %}
+  </select>
   <button type="submit">Show</button>
  </form>
  <div class="hint">Try {% for e in examples %}<a class="example"
@@ -451,25 +547,39 @@ PAGE = """<!doctype html>
  <h2>Looks like it</h2>
  {% if related %}
  <div class="grid" id="related">{% for h in related %}
+  <div class="tile">
   <a class="card" href="/?product_id={{ h.product_id }}&method={{ method }}&k={{ k }}">
    {% if h.image %}<img src="{{ h.image }}" alt="{{ h.label }}">{% endif %}
    <div class="label" title="{{ (h.category_path or []) | join(' › ') }}">{{ h.label }}</div>
    <div class="score">{{ h.product_id }} &middot; {{ '%.3f' % h.score }}</div></a>
+  {{ not_this(h) }}</div>
  {% endfor %}</div>
  {% else %}<div class="empty">No related products for these settings.</div>{% endif %}
  {% if recent %}
  <h2>Related to what you recently viewed</h2>
  {% if recent_related %}<div class="grid" id="recent-related">{% for h in recent_related %}
+  <div class="tile">
   <a class="card" href="/?product_id={{ h.product_id }}&method={{ method }}&k={{ k }}">
    {% if h.image %}<img src="{{ h.image }}" alt="{{ h.label }}">{% endif %}
    <div class="label">{{ h.label }}</div>
    <div class="score">{{ h.product_id }} &middot; {{ '%.3f' % h.score }}</div></a>
+  {{ not_this(h) }}</div>
  {% endfor %}</div>{% else %}<div class="empty">Nothing new to suggest.</div>{% endif %}
  <h2>Recently viewed</h2>
  <div class="strip" id="recent">{% for p in recent %}
   <a class="card" href="/?product_id={{ p.product_id }}&method={{ method }}&k={{ k }}">
    {% if p.images %}<img src="{{ p.images[0] }}" alt="recently viewed">{% endif %}
    <div class="score">{{ p.product_id }}</div></a>{% endfor %}</div>
+ {% endif %}
+ {% if negative %}
+ <h2>Not for you</h2>
+ <div class="strip" id="negative">{% for p in negative %}
+  <a class="card" href="/?product_id={{ p.product_id }}&method={{ method }}&k={{ k }}">
+   {% if p.images %}<img src="{{ p.images[0] }}" alt="not for you">{% endif %}
+   <div class="score">{{ p.product_id }}</div></a>{% endfor %}</div>
+ <form method="post" action="/not-this"><input type="hidden" name="forget" value="1">
+  <input type="hidden" name="back" value="{{ product.product_id }}">
+  <button type="submit" id="forget">Forget these</button></form>
  {% endif %}
 {% elif uploaded is not none %}
  <h2>Looks like your photo</h2>

@@ -21,6 +21,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` from anywhere
 
 from helpers.catalogue.protocol import UnknownProductError  # noqa: E402
+from helpers.index.recommend import DEFAULT_STRATEGY, LABELS, STRATEGIES  # noqa: E402
 from helpers.serve.inputs import RelatedError  # noqa: E402
 from helpers.serve.loader import (  # noqa: E402
     ArtifactMissing,
@@ -32,6 +33,7 @@ from helpers.serve.recent import RecentlyViewed  # noqa: E402
 from helpers.serve.related import Related  # noqa: E402
 
 RECENT_N = 5
+NEGATIVE_N = 5  # "not this" products kept in the session
 COLUMNS = 5
 
 CSS = """
@@ -71,14 +73,27 @@ def view(product_id: int) -> None:
     st.session_state.recent = recent.ids
 
 
+def not_this(product_id: int) -> None:
+    """A tile's "not this": a negative example for the recommendations."""
+    negative = RecentlyViewed(NEGATIVE_N, st.session_state.get("negative", []))
+    negative.add(product_id)
+    st.session_state.negative = negative.ids
+
+
+def forget_negatives() -> None:
+    st.session_state.negative = []
+
+
 def on_pick() -> None:
     pid = st.session_state.get("picker")
     if pid is not None:
         view(pid)
 
 
-def grid(hits: list[dict], work_dir: str | None, key: str, columns: int = COLUMNS) -> None:
-    """Product cards with picture, label, score and a button to view the product."""
+def grid(hits: list[dict], work_dir: str | None, key: str, columns: int = COLUMNS,
+         dislike: bool = False) -> None:
+    """Product cards with picture, label, score and a button to view the product (and,
+    with ``dislike``, one to mark it "not this")."""
     for start in range(0, len(hits), columns):
         cols = st.columns(columns)
         for col, h in zip(cols, hits[start:start + columns], strict=False):
@@ -95,6 +110,9 @@ def grid(hits: list[dict], work_dir: str | None, key: str, columns: int = COLUMN
                                 f'{h["score"]:.3f}</div>', unsafe_allow_html=True)
                 st.button("View", key=f"{key}-{h['product_id']}", on_click=view,
                           args=(h["product_id"],), width="stretch")
+                if dislike:
+                    st.button("Not this", key=f"not-{key}-{h['product_id']}",
+                              on_click=not_this, args=(h["product_id"],), width="stretch")
 
 
 def main() -> None:
@@ -119,6 +137,13 @@ def main() -> None:
         for m, why in art.unavailable.items():
             st.caption(f"{art.methods[m].label}: unavailable. {why}")
         k = st.slider("Related products", 1, 30, 10, key="k")
+        strategy = st.selectbox("Related to recently viewed, by", STRATEGIES,
+                                index=STRATEGIES.index(DEFAULT_STRATEGY),
+                                format_func=LABELS.get, key="strategy")
+        # A caption, not a help tooltip: the tooltip opens over the page's first tiles.
+        st.caption("mean: one search with the mean of what you viewed; best score: the "
+                   "closest to any one of them; round robin: each one's neighbours in turn")
+        mmr = st.slider("Diversity (MMR)", 0.0, 1.0, 0.0, 0.1, key="mmr")
         query = st.text_input("Find a product", placeholder="product id, category id or name",
                               key="query")
         found = find_products(art.catalogue, query, limit=50, categories=names)
@@ -139,7 +164,7 @@ def main() -> None:
                     "one below, to see the products that look like it.")
             grid(describe_products(art, art.catalogue.page(0, COLUMNS)), work_dir, "start")
         else:
-            show_product(rel, int(current), method, k, work_dir)
+            show_product(rel, int(current), method, k, work_dir, strategy, mmr)
 
     with tab_upload:
         up = st.file_uploader("A photo of a product", type=["jpg", "jpeg", "png", "webp"],
@@ -163,7 +188,8 @@ def describe_products(art, products) -> list[dict]:
              "picture": p.usable_images[0] if p.usable_images else None} for p in products]
 
 
-def show_product(rel: Related, pid: int, method: str, k: int, work_dir: str | None) -> None:
+def show_product(rel: Related, pid: int, method: str, k: int, work_dir: str | None,
+                 strategy: str = DEFAULT_STRATEGY, mmr: float = 0.0) -> None:
     art = rel.art
     try:
         p = art.catalogue.product(pid)
@@ -192,28 +218,42 @@ def show_product(rel: Related, pid: int, method: str, k: int, work_dir: str | No
     if hits == []:
         st.info("No related products for these settings.")
     elif hits:
-        grid(describe(art.catalogue, hits), work_dir, "related")
+        grid(describe(art.catalogue, hits), work_dir, "related", dislike=True)
 
     recent = list(st.session_state.get("recent", []))
     if len(recent) > 1:
         st.subheader("Related to what you recently viewed")
+        st.caption(f"by {LABELS[strategy]}" + (f", diversity {mmr:.1f}" if mmr else ""))
+        negative = list(st.session_state.get("negative", []))
         try:
-            rhits = rel.related_to_recent(recent, k, method)
+            rhits = rel.recommend(recent, negative, k, method, strategy, mmr)
         except RelatedError as exc:
             st.warning(str(exc))
             rhits = None
         if rhits == []:
             st.info("Nothing new to suggest yet.")
         elif rhits:
-            grid(describe(art.catalogue, rhits), work_dir, "recent-related")
+            grid(describe(art.catalogue, rhits), work_dir, "recent-related", dislike=True)
         st.subheader("Recently viewed")
-        shown = []
-        for r in recent:
-            try:
-                shown.append(art.catalogue.product(r))
-            except UnknownProductError:
-                continue
+        shown = known_products(art, recent)
         grid(describe_products(art, shown), work_dir, "viewed", max(len(shown), COLUMNS))
+    negative = list(st.session_state.get("negative", []))
+    if negative:
+        st.subheader("Not for you")
+        gone = known_products(art, negative)
+        grid(describe_products(art, gone), work_dir, "negative", max(len(gone), COLUMNS))
+        st.button("Forget these", key="forget-negative", on_click=forget_negatives)
+
+
+def known_products(art, ids: list[int]) -> list:
+    """The products of ids kept in the session, those gone from the catalogue passed over."""
+    out = []
+    for r in ids:
+        try:
+            out.append(art.catalogue.product(r))
+        except UnknownProductError:
+            continue
+    return out
 
 
 main()

@@ -115,12 +115,18 @@ def test_flask_in_browser(browser, flask_url):
     page.close()
 
 
-def test_streamlit_in_browser(browser, streamlit_url):
+def streamlit_product_page(browser, url: str):
+    """The Streamlit app in a new page, with the first product of its start page viewed."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(streamlit_url)
+    page.goto(url)
     page.get_by_text("Pick a product in the sidebar").wait_for(timeout=90_000)
     page.get_by_role("button", name="View").first.click()
     page.get_by_text("Looks like it (FAISS)").wait_for(timeout=60_000)
+    return page
+
+
+def test_streamlit_in_browser(browser, streamlit_url):
+    page = streamlit_product_page(browser, streamlit_url)
     sel = '[data-testid="stMain"] [data-testid="stImage"] img'
     page.wait_for_function(f"""() => document.querySelectorAll('{sel}').length >= 11""",
                            timeout=60_000)
@@ -129,4 +135,49 @@ def test_streamlit_in_browser(browser, streamlit_url):
     assert len(widths) >= 11 and min(widths) > 0  # the product + 10 related
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "streamlit.png"), full_page=True)
+    page.close()
+
+
+def test_flask_recommend_controls_in_browser(browser, flask_url):
+    """Two products viewed, then a "Not this" on the recently-viewed row: the product
+    leaves the row and joins "Not for you"; the strategy select is kept."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(flask_url + "/")
+    page.locator("a.example").first.click()
+    page.wait_for_selector("#related a.card")
+    page.locator("#related a.card").first.click()
+    page.wait_for_selector("#recent-related a.card")
+    page.select_option('select[name="strategy"]', "best")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_selector("#recent-related a.card")
+    assert page.locator('select[name="strategy"]').input_value() == "best"
+    tile = page.locator("#recent-related .tile").first
+    marked = tile.locator("a.card").get_attribute("href").split("product_id=")[1].split("&")[0]
+    tile.get_by_role("button", name="Not this").click()
+    page.wait_for_selector("#negative a.card")
+    page.wait_for_function(ALL_LOADED, arg="#recent-related img", timeout=30_000)
+    shown = page.eval_on_selector_all("#recent-related a.card", "els => els.map(e => e.href)")
+    assert shown and not any(f"product_id={marked}&" in h for h in shown)
+    assert page.locator("#negative .score").all_inner_texts() == [marked]
+    assert page.locator('select[name="strategy"]').input_value() == "best"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "flask_recommend.png"), full_page=True)
+    page.close()
+
+
+def test_streamlit_recommend_controls_in_browser(browser, streamlit_url):
+    page = streamlit_product_page(browser, streamlit_url)
+    page.get_by_role("button", name="View").first.click()  # a related product
+    page.get_by_text("Related to what you recently viewed").wait_for(timeout=60_000)
+    page.get_by_text("by round robin").wait_for(timeout=30_000)
+    box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(
+        has_text="Related to recently viewed, by")
+    box.click()
+    page.get_by_role("option", name="best score").click()
+    page.get_by_text("by best score").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Not this").last.click()  # on the recently-viewed row
+    page.get_by_text("Not for you").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Forget these").wait_for(timeout=30_000)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "streamlit_recommend.png"), full_page=True)
     page.close()

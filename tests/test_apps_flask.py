@@ -153,6 +153,84 @@ def test_methods(client, art):
     assert body["available"] == art.available() and "elasticsearch" in body["unavailable"]
 
 
+# -- recommendations from several products -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed(art):
+    """Two products of different categories: a mixed session."""
+    ids = [int(x) for x in art.catalogue.ids()]
+    first = art.catalogue.product(ids[0])
+    other = next(p for p in ids if art.catalogue.product(p).category_id != first.category_id)
+    return [ids[0], other]
+
+
+def recommend(client, body):
+    return client.post("/api/recommend", json=body)
+
+
+def test_recommend(client, art, mixed):
+    for strategy in ("mean", "best", "round_robin"):
+        r = recommend(client, {"positive": mixed, "strategy": strategy, "k": 6})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        body = r.get_json()
+        assert body["strategy"] == strategy and body["method"] == "faiss"
+        got = [h["product_id"] for h in body["results"]]
+        assert len(got) == 6 and not set(got) & set(mixed)
+    # round robin (the default) opens with each product's own nearest neighbour
+    body = recommend(client, {"positive": mixed, "k": 4}).get_json()
+    assert body["strategy"] == "round_robin" and body["mmr"] == 0
+    first = [client.get(f"/api/products/{p}/related?k=1").get_json()["results"][0]["product_id"]
+             for p in mixed]
+    assert [h["product_id"] for h in body["results"][:2]] == first
+    # "not this": a negative is never suggested, and steers the row
+    neg = body["results"][0]["product_id"]
+    body = recommend(client, {"positive": mixed, "negative": [neg], "k": 4,
+                              "method": "annoy", "mmr": 0.3}).get_json()
+    assert body["method"] == "annoy" and body["negative"] == [neg]
+    assert neg not in [h["product_id"] for h in body["results"]]
+    # a category filter applies to every suggestion
+    cid = art.catalogue.product(mixed[0]).category_id
+    body = recommend(client, {"positive": mixed, "category": cid, "k": 3}).get_json()
+    assert body["results"] and all(h["category_id"] == cid for h in body["results"])
+
+
+@pytest.mark.parametrize("body,pattern", [
+    (None, "JSON object"), ([1, 2], "JSON object"), ({}, "positive must be a list"),
+    ({"positive": []}, "positive needs at least one"), ({"positive": "12"}, "positive must"),
+    ({"positive": [True]}, r"positive\[0\] is not a product id"),
+    ({"positive": [1.5]}, r"positive\[0\]"), ({"positive": [-1]}, r"positive\[0\]: a product"),
+    ({"positive": ["12"]}, r"positive\[0\]"), ({"positive": list(range(11))}, "at most 10"),
+    ({"positive": [1], "negative": 3}, "negative must be a list"),
+    ({"positive": [1], "negative": [None]}, r"negative\[0\]"),
+    ({"positive": [1], "strategy": "median"}, "strategy must be one of mean, best"),
+    ({"positive": [1], "strategy": 3}, "strategy must be a string"),
+    ({"positive": [1], "mmr": 1.5}, "mmr"), ({"positive": [1], "mmr": "x"}, "mmr"),
+    ({"positive": [1], "k": 0}, "k must"), ({"positive": [1], "k": 101}, "k must"),
+    ({"positive": [1], "k": "5"}, "k must be a whole number"),
+    ({"positive": [1], "method": "nope"}, "unknown method"),
+    ({"positive": [1], "method": ""}, "method is empty"),
+    ({"positive": [1], "category": -5}, "category"),
+    ({"positive": [1], "colour": "red"}, "unknown field 'colour'"),
+])
+def test_recommend_bad_input(client, body, pattern):
+    if body is None:
+        r = client.post("/api/recommend", data="positive=1",
+                        content_type="application/x-www-form-urlencoded")
+    else:
+        r = recommend(client, body)
+    assert_error(r, 400, pattern)
+
+
+def test_recommend_unknown_and_conflicting_ids(client, mixed):
+    assert_error(recommend(client, {"positive": [mixed[0], 999_999_999]}), 404,
+                 "positive product 999999999 is not in the catalogue")
+    assert_error(recommend(client, {"positive": mixed, "negative": [999_999_998]}), 404,
+                 "negative product 999999998")
+    assert_error(recommend(client, {"positive": mixed, "negative": mixed[1:]}), 400,
+                 f"product {mixed[1]} is both positive and negative")
+
+
 # -- search by upload -------------------------------------------------------------------------
 
 
@@ -272,6 +350,37 @@ def test_page_recently_viewed(client, art):
     assert suggested and not suggested & set(ids)
 
 
+def test_page_not_this_and_strategy(client, art):
+    ids = [int(x) for x in art.catalogue.ids()[30:33]]
+    for p in ids:
+        html = client.get(f"/?product_id={p}&k=5").get_data(as_text=True)
+    assert '<option value="round_robin" selected>' in html  # the default
+    grid = html.split('id="recent-related"')[1].split('id="recent"')[0]
+    shown = [int(x) for x in re.findall(r"product_id=(\d+)&", grid)]
+    assert grid.count(">Not this</button>") == len(shown) == 5
+    r = client.post("/not-this", data={"product_id": str(shown[0]), "back": str(ids[-1]),
+                                       "k": "5", "method": "faiss"})
+    assert r.status_code == 303 and f"product_id={ids[-1]}" in r.headers["Location"]
+    html = client.get(r.headers["Location"]).get_data(as_text=True)
+    grid = html.split('id="recent-related"')[1].split('id="recent"')[0]
+    assert shown[0] not in [int(x) for x in re.findall(r"product_id=(\d+)&", grid)]
+    negative = html.split('id="negative"')[1]
+    assert re.findall(r'<div class="score">(\d+)</div>', negative) == [str(shown[0])]
+    # the strategy is chosen once and kept for the session
+    html = client.get(f"/?product_id={ids[0]}&strategy=mean").get_data(as_text=True)
+    assert '<option value="mean" selected>' in html
+    html = client.get(f"/?product_id={ids[1]}").get_data(as_text=True)
+    assert '<option value="mean" selected>' in html
+    r = client.get(f"/?product_id={ids[1]}&strategy=median")
+    assert r.status_code == 400 and b"strategy must be one of" in r.data
+    # forget the "not this" products
+    r = client.post("/not-this", data={"forget": "1", "back": str(ids[0])})
+    html = client.get(r.headers["Location"]).get_data(as_text=True)
+    assert 'id="negative"' not in html
+    r = client.post("/not-this", data={"product_id": "x", "back": str(ids[0])})
+    assert r.status_code == 400 and b"product id" in r.data
+
+
 def test_page_errors(client):
     r = client.get("/?product_id=999999999")
     assert r.status_code == 404 and b"not in the catalogue" in r.data
@@ -299,7 +408,10 @@ def test_openapi(client, art):
     spec = client.get("/openapi.json").get_json()
     assert spec["openapi"].startswith("3.")
     assert {"/api/products/{product_id}", "/api/products/{product_id}/related", "/api/search",
-            "/images/{product_id}/{index}.jpg"} <= set(spec["paths"])
+            "/images/{product_id}/{index}.jpg", "/api/recommend"} <= set(spec["paths"])
+    body = spec["components"]["schemas"]["Recommend"]
+    assert body["properties"]["strategy"]["enum"] == ["mean", "best", "round_robin"]
+    assert body["properties"]["method"]["enum"] == art.available()
     enum = spec["paths"]["/api/products/{product_id}/related"]["get"]["parameters"][2]
     assert enum["schema"]["enum"] == art.available()
 
@@ -323,7 +435,7 @@ def test_schemathesis(app):
 
         check()
         ran.append(op.path)
-    assert "/api/search" in ran and len(ran) == 5
+    assert {"/api/search", "/api/recommend"} <= set(ran) and len(ran) == 6
 
 
 # -- gunicorn on loopback ---------------------------------------------------------------------

@@ -94,6 +94,32 @@ def test_pick_products_fills_recently_viewed(at, art):
     assert subheaders(at)[0] == f"Product {third}"
 
 
+def test_recommend_controls_and_not_this(at, art):
+    ids = [int(x) for x in art.catalogue.ids()]
+    first = ids[0]
+    second = next(p for p in ids if art.catalogue.product(p).category_id
+                  != art.catalogue.product(first).category_id)
+    at.selectbox(key="picker").set_value(first).run()
+    at.selectbox(key="picker").set_value(second).run()
+    assert at.selectbox(key="strategy").value == "round_robin"  # the default
+    suggested = related_buttons(at, "recent-related")
+    assert len(suggested) == 10
+    at.button(key=f"not-recent-related-{suggested[0]}").click().run()
+    assert not at.exception
+    assert at.session_state["negative"] == [suggested[0]]
+    assert suggested[0] not in related_buttons(at, "recent-related")
+    assert "Not for you" in subheaders(at)
+    assert related_buttons(at, "negative") == [suggested[0]]
+    for strategy in ("mean", "best"):
+        at.selectbox(key="strategy").set_value(strategy).run()
+        assert not at.exception and len(related_buttons(at, "recent-related")) == 10
+    at.slider(key="mmr").set_value(0.5).run()
+    assert not at.exception and len(related_buttons(at, "recent-related")) == 10
+    assert any("diversity 0.5" in c.value for c in at.caption)
+    at.button(key="forget-negative").click().run()
+    assert at.session_state["negative"] == [] and "Not for you" not in subheaders(at)
+
+
 def test_switch_method(at, art):
     pid = int(art.catalogue.ids()[3])
     at.selectbox(key="picker").set_value(pid).run()

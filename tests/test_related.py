@@ -234,6 +234,27 @@ def test_recently_viewed_mean_and_merge(rel, art):
         rel.related_to_recent(seen, 5, "faiss", how="median")
 
 
+def test_recommend_strict_and_lenient(rel, art):
+    seen = [int(x) for x in art.catalogue.ids()[:3]]
+    for strategy in ("mean", "best", "round_robin"):
+        hits = rel.recommend(seen[:2], seen[2:], 6, "faiss", strategy, mmr=0.2)
+        assert len(hits) == 6 and not {h.product_id for h in hits} & set(seen)
+    # ids from a session: gone or conflicting ones are passed over
+    lenient = rel.recommend([*seen[:2], 999_999_999], [seen[1], 999_999_998], 5, "faiss")
+    assert [h.product_id for h in lenient] == [
+        h.product_id for h in rel.recommend(seen[:2], (), 5, "faiss")]
+    assert rel.recommend([999_999_999], (), 5, "faiss") == []
+    # ids a client sent: named errors
+    with pytest.raises(UnknownProductError, match="positive product 999999999"):
+        rel.recommend([999_999_999], (), 5, "faiss", strict=True)
+    with pytest.raises(RelatedError, match="both positive and negative"):
+        rel.recommend(seen[:2], seen[1:2], 5, "faiss", strict=True)
+    with pytest.raises(RelatedError, match="strategy must be one of"):
+        rel.recommend(seen, (), 5, "faiss", "median")
+    with pytest.raises(RelatedError, match="at most 20"):
+        rel.recommend(list(range(15)), list(range(100, 110)), 5, "faiss")
+
+
 def test_search_by_upload_finds_the_product(rel, art):
     p = art.catalogue.product(int(art.catalogue.ids()[10]))
     data = art.images.pictures(p)[p.usable_images[0]]

@@ -4,6 +4,7 @@
     pid = parse_product_id(request.args["product_id"])    # RelatedError if malformed
     k = parse_k(request.args.get("k"))                     # 10 when absent, 1..MAX_K
     pixels = decode_upload(photo_bytes, 224)               # UploadError if refused
+    query = parse_recommend(request.get_json(silent=True))  # POST /api/recommend's body
 
 Every check raises a `RelatedError` (a ValueError) whose message says what is expected, so
 an app answers 400 with it. `RelatedError` is the base of every input error of
@@ -28,6 +29,8 @@ from PIL import Image
 from helpers.ingest.jpeg import ImageError, decode_image
 
 MAX_K = 100
+MAX_EXAMPLES = 10  # products in each of a recommendation's positive and negative lists
+RECOMMEND_FIELDS = ("positive", "negative", "strategy", "mmr", "k", "method", "category")
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # a phone photo is 2-6 MB
 MAX_UPLOAD_PIXELS = 40_000_000  # 8000 x 5000; checked on the header, before any decode
 # MPO: a phone's JPEG with its preview picture (MPF); the first frame is the photo.
@@ -140,3 +143,61 @@ def decode_upload(data: bytes, size: int, max_bytes: int = MAX_UPLOAD_BYTES,
         return decode_image(data, size, max_side=None, max_pixels=max_pixels)
     except ImageError as exc:
         raise UploadError(f"the picture does not decode: {exc}") from None
+
+
+# -- a recommendation's JSON body -------------------------------------------------------------
+
+
+def parse_recommend(body: Any) -> dict[str, Any]:
+    """POST /api/recommend's JSON body, checked field by field: ``positive`` (1 to
+    MAX_EXAMPLES product ids), ``negative`` (0 to MAX_EXAMPLES), and optional ``strategy``,
+    ``mmr`` (a number, or null), ``k``, ``method`` (strings / whole numbers) and
+    ``category``. Whether the strategy, mmr weight and method are served is
+    `Related.recommend`'s check. RelatedError names the field (and the bad id)."""
+    if not isinstance(body, dict):
+        raise RelatedError('send a JSON object such as {"positive": [1000010653]} with '
+                           "Content-Type: application/json")
+    unknown = [str(f)[:40] for f in body if f not in RECOMMEND_FIELDS]
+    if unknown:
+        raise RelatedError(f"unknown field {unknown[0]!r}; the fields are "
+                           f"{', '.join(RECOMMEND_FIELDS)}")
+    out: dict[str, Any] = {
+        "positive": _id_list(body.get("positive"), "positive", required=True),
+        "negative": _id_list(body.get("negative", []), "negative", required=False)}
+    strategy = body.get("strategy")
+    if strategy is not None and not isinstance(strategy, str):
+        raise RelatedError(f"strategy must be a string, not {strategy!r:.40}")
+    out["strategy"] = strategy
+    mmr = body.get("mmr")
+    if mmr is not None and (isinstance(mmr, bool) or not isinstance(mmr, int | float)):
+        raise RelatedError(f"mmr must be a number from 0 (off) to 1, or null, not {mmr!r:.40}")
+    out["mmr"] = 0.0 if mmr is None else float(mmr)
+    for field in ("k", "category"):
+        v = body.get(field)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise RelatedError(f"{field} must be a whole number, not {v!r:.40}")
+    out["k"] = parse_k(body.get("k"))
+    out["category"] = None if body.get("category") is None else parse_category(body["category"])
+    method = body.get("method")
+    if method is not None and not isinstance(method, str):
+        raise RelatedError(f"method must be a string, not {method!r:.40}")
+    out["method"] = method
+    return out
+
+
+def _id_list(value: Any, field: str, required: bool) -> list[int]:
+    if not isinstance(value, list):
+        raise RelatedError(f"{field} must be a list of product ids, not {value!r:.40}")
+    if required and not value:
+        raise RelatedError(f"{field} needs at least one product id")
+    if len(value) > MAX_EXAMPLES:
+        raise RelatedError(f"{field} has {len(value)} product ids; at most {MAX_EXAMPLES}")
+    ids = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int):  # JSON numbers only, as documented
+            raise RelatedError(f"{field}[{i}] is not a product id: {v!r:.40}")
+        try:
+            ids.append(parse_product_id(v))
+        except RelatedError as exc:
+            raise RelatedError(f"{field}[{i}]: {exc}") from None
+    return list(dict.fromkeys(ids))  # each once, in the order given

@@ -5,11 +5,14 @@ viewed, and by an uploaded photo.
     rel = Related(load_artifacts())
     rel.related(1000010653, k=10, method="faiss")                 # list[Hit], best first
     rel.related_to_recent(seen.ids, k=10, method="annoy")        # leaves out what was seen
+    rel.recommend([a, b], negative=[c], k=10, strategy="best", mmr=0.3)  # several products
     rel.search_upload(photo_bytes, k=10, method="faiss")          # the index's own model, no TF
 
 Every search goes through one path (`search_vector`): the method's index, a category
 filter, products to leave out, and, for image-level indexes, one hit per product (its
-best picture); hits are `helpers.index.hits.Hit`. An uploaded photo is checked and decoded
+best picture); hits are `helpers.index.hits.Hit`. Recommendations from several products
+(positive and "not this" examples) run `helpers.index.recommend`'s strategies over that
+same path. An uploaded photo is checked and decoded
 by `helpers.serve.inputs.decode_upload` (as the catalogue pictures were: EXIF orientation,
 alpha on white, draft/reduce) and embedded by the model its method's vectors were made with
 (`helpers.models.extractor_for`, from the store's ``made_by``). Input errors are
@@ -33,12 +36,20 @@ from helpers.catalogue.protocol import UnknownProductError
 from helpers.core.ids import IdMap
 from helpers.index.hits import Hit, to_hits
 from helpers.index.local import LocalIndex
+from helpers.index.recommend import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    StrategyError,
+    check_strategy,
+)
+from helpers.index.recommend import recommend as recommend_hits
 from helpers.ingest.jpeg import to_float
 from helpers.serve.inputs import RelatedError, decode_upload, parse_k
 from helpers.serve.loader import Artifacts, Method
 
 PRODUCT_CACHE = 100_000  # Product objects kept by a Related (about 40 MB at most)
-MERGES = ("mean", "merge")
+MERGES = ("mean", "merge")  # related_to_recent's older names: "merge" is now "best"
+MAX_EXAMPLES = 20  # positive + negative products of one recommendation
 
 
 class UnknownMethodError(RelatedError):
@@ -102,15 +113,32 @@ class Related:
         """The unit vector of a product in the method's space (mean of its pictures'
         vectors at image level). UnknownProductError / NoVectorError."""
         self.product(product_id)  # UnknownProductError for unknown ids
+        return self._vector(int(product_id), method)
+
+    def _vector(self, pid: int, method: Method) -> np.ndarray:
+        """product_vector without the catalogue check (products an index returned)."""
         store = method.store
-        rows = self._product_rows(store, int(product_id))
+        rows = self._product_rows(store, pid)
         if rows.size == 0:
-            raise NoVectorError(f"product {product_id} has no vector (no usable picture), "
+            raise NoVectorError(f"product {pid} has no vector (no usable picture), "
                                 f"so nothing to compare it with")
         v = np.asarray(store.vectors[np.sort(rows)], np.float32)
         v = v / np.linalg.norm(v, axis=1, keepdims=True)
         mean = v.mean(axis=0)
         return mean / np.linalg.norm(mean)
+
+    def _vectors(self, pids: Sequence[int], method: Method) -> np.ndarray:
+        """Unit vectors of products an index returned, [len(pids), d]: one read at product
+        level (a row each), a mean per product at image level."""
+        if method.level != "product":
+            return np.stack([self._vector(int(p), method) for p in pids])
+        self._product_rows(method.store, 0)  # builds the store's id map once
+        rows = self._rows[id(method.store)].rows(np.asarray(pids, np.int64))
+        order = np.argsort(rows)  # increasing rows: a memory-mapped read in file order
+        read = np.asarray(method.store.vectors[rows[order]], np.float32)
+        v = np.empty_like(read)
+        v[order] = read
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     def _product_rows(self, store: Any, pid: int) -> np.ndarray:
         key = id(store)
@@ -141,9 +169,11 @@ class Related:
     def search_vector(self, vector: np.ndarray, k: int = 10, method: str | None = None,
                       category: int | None = None, exclude: Iterable[int] = ()) -> list[Hit]:
         """The k products nearest a query vector, best first, ``exclude`` left out."""
-        m = self.method(method)
-        k = parse_k(k)
-        skip = {int(x) for x in exclude}
+        return self._search(self.method(method), vector, parse_k(k), category,
+                            {int(x) for x in exclude})
+
+    def _search(self, m: Method, vector: np.ndarray, k: int, category: int | None,
+                skip: set[int]) -> list[Hit]:
         per_product = 4 if m.level == "image" else 1  # Cdiscount: up to 4 pictures each
         available = self._category_count(m, category)
         want = min((k + len(skip)) * per_product, available)
@@ -173,37 +203,64 @@ class Related:
     def related_to_recent(self, product_ids: Sequence[int], k: int = 10,
                           method: str | None = None, how: str = "mean",
                           category: int | None = None) -> list[Hit]:
-        """Products related to what was recently viewed, the viewed ones left out.
+        """Products related to what was recently viewed, the viewed ones left out: a
+        `recommend` from them as positives (``how``: a strategy; "merge" = "best").
+        Viewed products without a vector are passed over."""
+        if how not in (*MERGES, *STRATEGIES):
+            raise RelatedError(f"how must be one of {STRATEGIES}, not {how!r}")
+        return self.recommend(product_ids, (), k, method,
+                              strategy="best" if how == "merge" else how, category=category)
 
-        how="mean": one search with the mean of the viewed products' unit vectors (what
-        they share); how="merge": one search per viewed product, each product keeping its
-        best score (a bit of each). Viewed products without a vector are passed over.
+    def recommend(self, positive: Sequence[int], negative: Sequence[int] = (), k: int = 10,
+                  method: str | None = None, strategy: str = DEFAULT_STRATEGY,
+                  mmr: float = 0.0, category: int | None = None,
+                  strict: bool = False) -> list[Hit]:
+        """Products for several positive examples and "not this" negative ones, none of
+        them returned (`helpers.index.recommend`: strategy "mean", "best" or
+        "round_robin"; ``mmr`` 0..1 against near-identical rows).
+
+        strict=False (ids kept in a session): examples gone from the catalogue or without
+        a vector are passed over. strict=True (ids a client sent): they are errors
+        (UnknownProductError / NoVectorError naming the id and its field).
         """
-        if how not in MERGES:
-            raise RelatedError(f"how must be one of {MERGES}, not {how!r}")
         m = self.method(method)
-        seen = [int(p) for p in product_ids]
-        vecs = []
-        for pid in seen:
-            try:
-                vecs.append(self.product_vector(pid, m))
-            except (UnknownProductError, NoVectorError):
-                continue  # gone from the catalogue since it was viewed, or no picture
-        if not vecs:
+        try:
+            strategy, mmr = check_strategy(strategy, mmr)
+        except StrategyError as exc:
+            raise RelatedError(str(exc)) from None
+        k = parse_k(k)
+        pos, neg = [int(p) for p in positive], [int(p) for p in negative]
+        if len(pos) + len(neg) > MAX_EXAMPLES:
+            raise RelatedError(f"at most {MAX_EXAMPLES} products in positive and negative "
+                               f"together, got {len(pos) + len(neg)}")
+        both = sorted(set(pos) & set(neg))
+        if both and strict:
+            raise RelatedError(f"product {both[0]} is both positive and negative")
+        neg = [p for p in neg if p not in both]  # viewed again after a "not this": viewed
+        pvec = self._example_vectors(pos, m, "positive", strict)
+        if not pvec:
             return []
-        if how == "mean":
-            mean = np.mean(vecs, axis=0)
-            norm = np.linalg.norm(mean)
-            if norm < 1e-6:  # opposite vectors cancel: fall back to a merge
-                how = "merge"
-            else:
-                return self.search_vector(mean / norm, k, m.name, category, exclude=seen)
-        best: dict[int, Hit] = {}
-        for v in vecs:
-            for h in self.search_vector(v, k, m.name, category, exclude=seen):
-                if h.product_id not in best or h.score > best[h.product_id].score:
-                    best[h.product_id] = h
-        return sorted(best.values(), key=lambda h: -h.score)[:k]
+        nvec = self._example_vectors(neg, m, "negative", strict)
+        skip = set(pos) | set(neg)
+        return recommend_hits(
+            lambda q, n: self._search(m, q, n, category, skip),
+            lambda pids: self._vectors(pids, m),
+            np.stack(pvec), np.stack(nvec) if nvec else None, k, strategy, mmr=mmr)
+
+    def _example_vectors(self, pids: list[int], m: Method, field: str,
+                         strict: bool) -> list[np.ndarray]:
+        out = []
+        for pid in pids:
+            try:
+                out.append(self.product_vector(pid, m))
+            except UnknownProductError:
+                if strict:
+                    raise UnknownProductError(f"{field} product {pid} is not in the "
+                                              f"catalogue") from None
+            except NoVectorError as exc:
+                if strict:
+                    raise NoVectorError(f"{field}: {exc}") from None
+        return out
 
     def embed_upload(self, data: bytes, method: str | None = None) -> np.ndarray:
         """The vector of an uploaded picture, by the model (backend, precision, picture size)
