@@ -33,11 +33,15 @@ from helpers.core import artifacts
 from helpers.index.manifest import read_meta as read_index_meta
 from helpers.ingest import scan as cat
 from helpers.vectors import StoreReads, VectorStoreError, open_store
+from helpers.vectors.derive import product_store
 from helpers.vectors.embed import embed_catalogue
-from helpers.vectors.store import VectorStore
+from helpers.vectors.store import VectorStore, read_meta
 
 log = logging.getLogger(__name__)
 KINDS = ("catalogue", "vectors", "index")
+# Up to this many products, a product-level store is the mean of an image-level one that
+# is kept (Workspace.vectors): each picture embedded once when a run needs both levels.
+PRODUCTS_VIA_PICTURES = 500_000
 RUN_SETTINGS = "run.json"  # the settings of the run's catalogue, shared by its notebooks
 
 
@@ -117,14 +121,26 @@ class Workspace:
 
     def vectors(self, catalogue: Catalogue, images: ImageSource | str | os.PathLike,
                 extractor, image_size: int = 224, level: str = "product",
-                **kw: Any) -> VectorStore:
+                via_pictures: bool | None = None, **kw: Any) -> VectorStore:
         """The vector store for this extractor and settings: embedded once, then reused.
 
         Its folder is named by the settings and the catalogue, so nothing else is ever
         found there; an unfinished store there is resumed.
+
+        via_pictures: a product-level store is derived from the image-level one
+        (``helpers.vectors.derive``), which is embedded (or reused) first, so that a run
+        needing both levels (06 finds pictures of the same product) embeds each picture
+        once. None (default): so when the catalogue has at most PRODUCTS_VIA_PICTURES
+        products; above that, the product store is embedded directly and no image-level
+        copy is written (63 GB at the full dump's 12.4 M pictures).
         """
         meta = extractor.meta() if hasattr(extractor, "meta") else {"model": repr(extractor)}
         folder = self.vectors_dir(meta, image_size, level, catalogue)
+        if via_pictures is None:
+            via_pictures = len(catalogue) <= PRODUCTS_VIA_PICTURES
+        if level == "product" and via_pictures and read_meta(folder) is None:
+            pictures = self.vectors(catalogue, images, extractor, image_size, "image", **kw)
+            return product_store(pictures, folder)
         return embed_catalogue(catalogue, images, extractor, folder, image_size=image_size,
                                level=level, **kw)
 

@@ -24,7 +24,7 @@ from helpers.catalogue.protocol import ParquetCatalogue
 from helpers.ingest import bson_store
 from helpers.ingest import scan as cat
 from helpers.ingest.jpeg import to_float
-from helpers.vectors import embed
+from helpers.vectors import derive, embed
 from helpers.vectors import store as vectors
 from helpers.vectors.embed import embed_catalogue, embed_files
 from helpers.vectors.store import VectorStore, VectorStoreError
@@ -118,6 +118,57 @@ def test_product_vector_is_mean_of_unit_image_vectors(real, real_products, real_
         want = _unit(np.asarray(real_images.vectors[rows])).mean(axis=0)
         np.testing.assert_allclose(real_products.vector(pid), want, rtol=0, atol=1e-6)
     assert multi >= 10  # the sample has products with 2-4 pictures
+
+
+def test_product_store_derived_from_pictures_is_the_embedded_one(
+        real, real_products, real_images, tmp_path, monkeypatch):
+    """Deriving products from the image-level store gives the product-level embedding: the
+    same settings (content id), ids, order, counts and vectors, whatever the chunking."""
+    monkeypatch.setattr(derive, "CHUNK", 3)  # chunks end inside products: never split
+    d = derive.product_store(real_images, tmp_path / "p")
+    assert d.id == real_products.id and d.made_by == real_products.made_by
+    np.testing.assert_array_equal(d.item_ids, real_products.item_ids)
+    np.testing.assert_allclose(np.asarray(d.vectors), np.asarray(real_products.vectors),
+                               rtol=0, atol=1e-6)
+    assert d.meta["images"] == real_products.meta["images"]
+    assert d.meta["derived_from_id"] == real_images.id
+    assert derive.product_store(real_images, tmp_path / "p").folder == d.folder  # reused
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # built aside, none left
+    with pytest.raises(VectorStoreError, match="image-level"):
+        derive.product_store(real_products, tmp_path / "q")
+    with pytest.raises(VectorStoreError, match="other settings"):  # never overwritten
+        derive.product_store(real_images, _store_with_size(tmp_path, d, 180))
+
+
+def _store_with_size(tmp_path: Path, store: VectorStore, size: int) -> Path:
+    """A finished product store at tmp_path/"s", made with another image size."""
+    folder = tmp_path / "s"
+    w = vectors.VectorWriter(folder, store.dim, {**store.made_by, "image_size": size})
+    w.append(np.asarray(store.vectors[:1]), store.product_ids[:1], [-1], 1)
+    w.close()
+    return folder
+
+
+def test_a_run_embeds_each_picture_once_for_both_levels(real, real_bson, onnx_extractor,
+                                                        tmp_path):
+    """Workspace.vectors at product level, then at image level (03, then 06): the network
+    runs on the pictures once; the product store is derived from the image store."""
+    from helpers.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    catalogue = ParquetCatalogue(real)
+    counted = Wrapped(onnx_extractor)
+    products = ws.vectors(catalogue, real_bson, counted, level="product", progress=False)
+    calls = counted.calls
+    assert calls > 0 and products.meta["derived_from_id"]
+    pictures = ws.vectors(catalogue, real_bson, counted, level="image", progress=False)
+    assert counted.calls == calls  # found, not embedded again
+    assert products.meta["derived_from_id"] == pictures.id
+    # Without it (a catalogue above PRODUCTS_VIA_PICTURES), the products are embedded.
+    direct = ws.vectors(catalogue, real_bson, counted, image_size=200, level="product",
+                        via_pictures=False, progress=False)
+    assert "derived_from_id" not in direct.meta and counted.calls > calls
+    assert not ws.vectors_dir(counted.meta(), 200, "image", catalogue).exists()
 
 
 def test_embed_files_matches_catalogue(real, real_images, real_bson, onnx_extractor,
