@@ -241,7 +241,7 @@ def wait_for_elasticsearch(server: Server, timeout: float = ES_START_TIMEOUT,
     t0 = getattr(server, "_t0", time.monotonic())
     launcher: subprocess.Popen | None = getattr(server, "_launcher", None)
     deadline = t0 + timeout
-    while time.monotonic() < deadline:
+    while True:  # asked at least once: a node started in the background may be up by now
         if server.process is None and server.pid is not None:
             server.remember_process()  # the node just wrote it: this pid is the node
         if launcher is not None and launcher.poll() not in (None, 0):
@@ -259,6 +259,8 @@ def wait_for_elasticsearch(server: Server, timeout: float = ES_START_TIMEOUT,
             log.info("Elasticsearch up at %s (pid %s) in %.1f s", server.url, server.pid,
                      server.start_seconds)
             return server
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.5)
     msg = (f"Elasticsearch at {server.url} did not become healthy in {timeout:.0f} s:\n"
            f"{server.log_tail()}")
