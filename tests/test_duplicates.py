@@ -1,14 +1,25 @@
-"""Exact duplicate pictures found by the catalogue pass (helpers.ingest.duplicates): the
-groups and counts on hand-computed cases, and what a build writes on real documents."""
+"""Duplicates. Exact duplicate pictures found by the catalogue pass (helpers.ingest.
+duplicates): the groups and counts on hand-computed cases, and what a build writes on real
+documents. Near duplicates from vectors (helpers.index.duplicates): the pairs against every
+pair computed in numpy, the clusters of pictures and of products, saved and read back."""
 
 from __future__ import annotations
 
 import json
 
 import bson
+import faiss
+import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.core.ids import encode
+from helpers.index.duplicates import (
+    NearDuplicates,
+    components,
+    near_duplicate_clusters,
+    near_duplicate_pairs,
+)
 from helpers.ingest import bson_store
 from helpers.ingest import scan as cat
 from helpers.ingest.duplicates import DuplicateCounts, exact_duplicates
@@ -99,3 +110,75 @@ def test_a_catalogue_without_duplicates_is_rebuilt(real_bson, real_categories, t
     summary = cat.build_catalogue(real_bson, tmp_path, real_categories, progress=False)
     assert summary.duplicates is not None and (tmp_path / cat.DUPLICATES).exists()
     assert cat.load_meta(tmp_path)["summary"]["duplicates"] == summary.duplicates
+
+
+# ------------------------------------------------------------------ near duplicates
+
+
+def _vectors(seed: int = 0) -> np.ndarray:
+    """60 random 16-d vectors with planted near copies: 3 ~ 10 ~ 20 (a chain), 40 ~ 41 (a
+    scaled copy: cosine 1)."""
+    v = np.random.default_rng(seed).normal(size=(60, 16)).astype(np.float32)
+    v[10] = v[3] + 0.05
+    v[20] = v[10] + 0.05
+    v[41] = 3 * v[40]
+    return v
+
+
+@pytest.mark.parametrize("block_rows", [7, 60, 1000])
+def test_pairs_are_every_pair_above_the_threshold(block_rows):
+    v = _vectors()
+    u = v / np.linalg.norm(v, axis=1, keepdims=True)
+    sims = u @ u.T
+    for threshold in (0.99, 0.5):
+        want = set(zip(*np.nonzero(np.triu(sims >= threshold, 1)), strict=True))
+        a, b, s = near_duplicate_pairs(v, threshold, block_rows=block_rows)
+        assert set(zip(a.tolist(), b.tolist(), strict=True)) == {
+            (int(i), int(j)) for i, j in want}
+        assert (a < b).all() and np.allclose(s, sims[a, b], atol=1e-5)
+    assert {(3, 10), (10, 20), (40, 41)} <= set(zip(*near_duplicate_pairs(
+        v, 0.99, block_rows=block_rows)[:2], strict=True))
+
+
+def test_pairs_through_a_given_index():
+    v = _vectors()
+    index = faiss.IndexFlatIP(16)
+    index.add(v / np.linalg.norm(v, axis=1, keepdims=True))
+    a, b, _ = near_duplicate_pairs(v, 0.99, index=index, block_rows=9)
+    assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == sorted(zip(
+        *near_duplicate_pairs(v, 0.99)[:2], strict=True))
+    with pytest.raises(ValueError, match="holds 60 rows, the vectors 59"):
+        near_duplicate_pairs(v[:59], 0.99, index=index)
+    with pytest.raises(ValueError, match="threshold is a cosine"):
+        near_duplicate_pairs(v, 1.5)
+
+
+def test_components_hand_computed():
+    # 0-4-5 a chain, 2-6 a pair, 1 and 3 alone: labels by first item, singletons -1
+    labels = components(7, np.array([4, 0, 6]), np.array([5, 4, 2]))
+    assert labels.tolist() == [0, -1, 1, -1, 0, 0, 1]
+    assert components(3, np.array([], np.int64), np.array([], np.int64)).tolist() == [-1] * 3
+
+
+def test_clusters_of_pictures_and_products(tmp_path):
+    """Image level: product 7's picture 0 ~ product 8's picture 1 ~ product 9's picture 0
+    (a chain), and product 5's two pictures alike (one product: no product cluster)."""
+    v = np.random.default_rng(1).normal(size=(8, 16)).astype(np.float32)
+    pids = np.array([5, 5, 7, 7, 8, 8, 9, 6])
+    idx = np.array([0, 1, 0, 1, 0, 1, 0, 0])
+    v[1] = v[0] + 0.01
+    v[5] = v[2] + 0.01
+    v[6] = v[5] + 0.01
+    ids = encode(pids, idx)
+    nd = near_duplicate_clusters(ids, v, 0.99, level="image")
+    assert nd.counts == {"pairs": 4, "items": 5, "clusters": 2, "products": 3,
+                         "product_clusters": 1}
+    frame = nd.frame().set_index("item_id")
+    assert frame.loc[ids[[0, 1]], "cluster"].nunique() == 1
+    assert (frame.loc[ids[[0, 1]], "product_cluster"] == -1).all()
+    assert nd.product_cluster_of([7, 8, 9, 5, 6, 123]).tolist() == [0, 0, 0, -1, -1, -1]
+    back = NearDuplicates.load(nd.save(tmp_path / "nd", inputs={"vectors": "abc"}))
+    assert back.counts == nd.counts and back.threshold == 0.99 and back.level == "image"
+    pd.testing.assert_frame_equal(back.frame(), nd.frame())
+    with pytest.raises(ValueError, match="7 item ids for 8 vectors"):
+        near_duplicate_clusters(ids[:7], v, 0.99, level="image")
