@@ -5,6 +5,7 @@ pair computed in numpy, the clusters of pictures and of products, saved and read
 
 from __future__ import annotations
 
+import io
 import json
 
 import bson
@@ -182,3 +183,41 @@ def test_clusters_of_pictures_and_products(tmp_path):
     pd.testing.assert_frame_equal(back.frame(), nd.frame())
     with pytest.raises(ValueError, match="7 item ids for 8 vectors"):
         near_duplicate_clusters(ids[:7], v, 0.99, level="image")
+
+
+# ------------------------------------------------------------------ the labelled set
+
+
+def test_labelled_set_of_the_built_in_sample():
+    from PIL import Image
+
+    from helpers.core.paths import SAMPLE_BSON
+    from helpers.evaluate import dupset
+    from helpers.ingest.jpeg import decode_image
+
+    ds = dupset.labelled_set(SAMPLE_BSON, originals_per_category=1, negatives_per_category=2)
+    assert len(ds) == 10 * (1 + len(dupset.EDITS) + 2)
+    assert ds.kind.count("original") == 10 and ds.kind.count("negative") == 20
+    truth = np.array(ds.truth)
+    assert (truth[np.array(ds.kind) == "negative"] == -1).all()
+    assert np.bincount(truth[truth >= 0]).tolist() == [7] * 10  # an original + 6 copies
+    first = ds.pictures[0]
+    for pic, kind in zip(ds.pictures[1:7], ds.kind[1:7], strict=True):
+        w, h = Image.open(io.BytesIO(pic)).size
+        if kind == "crop":
+            assert 0.85 * 180 - 1 <= w <= 0.95 * 180 + 1 and 0.85 * 180 - 1 <= h <= 180 * 0.95 + 1
+        elif kind == "rescale":
+            assert w != 180 and w == h
+        else:
+            assert (w, h) == (180, 180)
+        if kind == "mirror":
+            diff = decode_image(pic).astype(int) - decode_image(first)[:, ::-1].astype(int)
+            assert np.abs(diff).mean() < 3  # a JPEG of the mirrored original
+    # the scoring of a perfect detector: identical hashes within each true group
+    h = np.zeros((len(ds), 64), bool)
+    h[truth >= 0] = np.eye(64, dtype=bool)[truth[truth >= 0]]
+    h[truth < 0] = np.eye(64, dtype=bool)[20 + np.arange((truth < 0).sum())] | \
+        np.eye(64, dtype=bool)[40 + np.arange((truth < 0).sum()) % 24]
+    assert dupset.score_phash(h, truth, max_distance=0)["f1"] == 1.0
+    with pytest.raises(ValueError, match="unknown edit 'blur'"):
+        dupset.edit(Image.new("RGB", (8, 8)), "blur", np.random.default_rng(0))

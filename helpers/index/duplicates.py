@@ -37,6 +37,10 @@ from helpers.core import artifacts
 from helpers.core.ids import decode
 from helpers.index.chunks import UnitChunks
 
+# MobileNetV2 cosine at or above which two pictures are near duplicates: precision first
+# (0.99 on both samples' labelled sets, bench/bench_duplicates.py), since a cluster hides
+# products from related lists; lower finds more edits (crops, overlays) and more lookalikes.
+NEAR_DUP_THRESHOLD = 0.95
 BLOCK_ROWS = 16_384  # rows a block: two blocks of 1280-d float32 are 160 MB
 CLUSTERS = "clusters.parquet"
 META = "meta.json"
