@@ -7,7 +7,7 @@ Never run with debug on (the Werkzeug debugger executes code from the browser). 
 described by ``/openapi.json``:
 
     GET  /api/products/<id>                         a product
-    GET  /api/products/<id>/related?k=10&method=faiss&category=...
+    GET  /api/products/<id>/related?k=10&method=faiss&category=...&show_all=1
     POST /api/search   (multipart field "image")    products that look like a photo
     POST /api/recommend {"positive": [...], "negative": [...], "strategy": "round_robin"}
     GET  /images/<product_id>/<i>.jpg               a product's picture, from the BSON store
@@ -132,7 +132,9 @@ def create_app(work_dir: str | os.PathLike | None = None, *, mongo_uri: str | No
 
     def related_hits(pid: int, k: int, method: str, category: int | None) -> list:
         try:
-            return rel.related(pid, k, method, category)
+            # show_all=1: every product, near duplicates too (default: one per cluster)
+            show_all = (request.values.get("show_all") or "").lower() in ("1", "true", "on")
+            return rel.related(pid, k, method, category, collapse=not show_all)
         except UnknownProductError:
             raise NotFound(f"product {pid} is not in the catalogue") from None
         except NoVectorError as exc:
@@ -370,7 +372,10 @@ def openapi_spec(methods: list[str]) -> dict[str, Any]:
                     "400": error, "404": error}}},
             "/api/products/{product_id}/related": {"get": {
                 "summary": "Products that look like this one", "operationId": "getRelated",
-                "parameters": [pid, *query],
+                "parameters": [pid, *query, {
+                    "name": "show_all", "in": "query", "required": False,
+                    "description": "1: near duplicates too (default: one product a cluster)",
+                    "schema": {"type": "string", "enum": ["0", "1", "true", "false"]}}],
                 "responses": {"200": results, "400": error, "404": error}}},
             "/api/search": {"post": {
                 "summary": "Products that look like an uploaded picture",

@@ -208,10 +208,12 @@ def show_product(rel: Related, pid: int, method: str, k: int, work_dir: str | No
         st.markdown(f'<div class="vps-path">{escape(path)}</div>', unsafe_allow_html=True)
         st.caption(f"{p.n_usable} picture(s) · category {p.category_id}")
         same = st.toggle("Same category only", key="same_category")
+        show_all = st.checkbox("Show near duplicates too", key="show_all")
 
     st.subheader(f"Looks like it ({art.methods[method].label})")
     try:
-        hits = rel.related(pid, k, method, p.category_id if same else None)
+        hits = rel.related(pid, k, method, p.category_id if same else None,
+                           collapse=not show_all)
     except RelatedError as exc:
         st.warning(str(exc))
         hits = None

@@ -10,6 +10,7 @@ other (and a 12-hour embedding is never rebuilt over)::
       catalogue/<file>-<settings id>/            catalogue.parquet, rejects.csv, manifest.json
       vectors/<model>-<runtime>[-<precision>]-<size>px-<level>-<catalogue id>/   vectors
       index/<name>/current -> v-<time>/          saved indexes, one immutable version each
+      duplicates/<vectors folder>-t<threshold>/  near-duplicate clusters of a vector store
 
 The one artifact finder: `find` lists the finished artifacts of a run by kind from their
 manifests, newest first; `catalogues`, `stores` (single or sharded vector stores, so a Dask
@@ -17,7 +18,8 @@ run's shards are found like a single store) and `indexes` build on it. The apps,
 the notebooks all find artifacts here; nothing walks folders for other files.
 
 Imports helpers.core, helpers.ingest.scan, helpers.catalogue, helpers.vectors and
-helpers.index.manifest (to find indexes); never a model or an engine.
+helpers.index.manifest (to find indexes) and helpers.index.duplicates (near-duplicate
+clusters); never a model or an engine.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from helpers.catalogue.image_source import BsonImageSource, ImageSource
 from helpers.catalogue.protocol import Catalogue, ParquetCatalogue
 from helpers.core import artifacts
+from helpers.index.duplicates import NEAR_DUP_THRESHOLD, NearDuplicates, near_duplicate_clusters
 from helpers.index.manifest import read_meta as read_index_meta
 from helpers.ingest import scan as cat
 from helpers.vectors import StoreReads, VectorStoreError, open_store
@@ -38,7 +41,7 @@ from helpers.vectors.embed import embed_catalogue
 from helpers.vectors.store import VectorStore, read_meta
 
 log = logging.getLogger(__name__)
-KINDS = ("catalogue", "vectors", "index")
+KINDS = ("catalogue", "vectors", "index", "duplicates")
 # Up to this many products, a product-level store is the mean of an image-level one that
 # is kept (Workspace.vectors): each picture embedded once when a run needs both levels.
 PRODUCTS_VIA_PICTURES = 500_000
@@ -143,6 +146,24 @@ class Workspace:
             return product_store(pictures, folder)
         return embed_catalogue(catalogue, images, extractor, folder, image_size=image_size,
                                level=level, **kw)
+
+    def near_duplicates(self, store: StoreReads, threshold: float | None = NEAR_DUP_THRESHOLD,
+                        build: bool = True) -> NearDuplicates | None:
+        """The near-duplicate clusters of ``store`` at ``threshold`` (None: the newest at any
+        threshold): found, else built (in blocks, `helpers.index.duplicates`) and saved;
+        with build=False (the apps: nothing is built while serving), None when none are."""
+        for folder, manifest in self.find("duplicates"):
+            if manifest.get("inputs", {}).get("vectors") == store.id and threshold in (
+                    None, manifest.get("settings", {}).get("threshold")):
+                return NearDuplicates.load(folder)
+        if not build:
+            return None
+        threshold = NEAR_DUP_THRESHOLD if threshold is None else threshold
+        found = near_duplicate_clusters(store.item_ids, store.vectors, threshold,
+                                        level=store.level)
+        name = f"{Path(store.folder).name}-t{threshold:g}"
+        found.save(self.root / "duplicates" / name, inputs={"vectors": store.id})
+        return found
 
     def find(self, kind: str) -> list[tuple[Path, dict[str, Any]]]:
         """(folder, manifest) of every finished artifact of ``kind``, newest first."""

@@ -282,8 +282,8 @@ def test_skip_and_limit(real_bson, real_categories, tmp_path):
     assert df["product_id"].tolist() == ids[10:30]
 
 
-def _artifacts(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return cat.load_catalogue(out), cat.load_rejects(out)
+def _artifacts(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    return cat.load_catalogue(out), cat.load_rejects(out), cat.load_duplicates(out)
 
 
 def test_resume_after_stop_gives_identical_catalogue(broken, real_categories, tmp_path):

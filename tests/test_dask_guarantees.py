@@ -67,9 +67,9 @@ def every_fault(damaged_sample, tmp_path_factory) -> Path:
     return path
 
 
-def _catalogue(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def _catalogue(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], pd.DataFrame]:
     summary = {k: v for k, v in cat.load_meta(out)["summary"].items() if k != "seconds"}
-    return cat.load_catalogue(out), cat.load_rejects(out), summary
+    return cat.load_catalogue(out), cat.load_rejects(out), summary, cat.load_duplicates(out)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,9 @@ def test_dask_catalogue_has_the_single_node_limits_and_rejects(every_fault, thre
     pd.testing.assert_frame_equal(one_cat[0], many_cat[0])
     pd.testing.assert_frame_equal(one_cat[1], many_cat[1])
     assert one_cat[2] == many_cat[2]
+    pd.testing.assert_frame_equal(one_cat[3], many_cat[3])  # the same exact duplicates
+    if not options:  # 100 of the 105 copies (image ids index 100) are repeats in one product
+        assert one.duplicates["groups"] >= 1 and one.duplicates["repeated_in_product"] == 99
     assert {**asdict(one), "seconds": 0} == {**asdict(many), "seconds": 0}
 
 

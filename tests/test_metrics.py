@@ -13,6 +13,7 @@ from helpers.evaluate.metrics import (
     latency_ms,
     measure_qps,
     multi_item_products,
+    pair_scores,
     pareto_frontier,
     precision_at_k,
     recall_at_k,
@@ -213,3 +214,25 @@ def test_latency_and_pareto(monkeypatch):
     qps = [1000, 800, 500, 100, 120]
     # (0.7, 500) is beaten by (0.8, 800); (0.95, 100) by (1.0, 120)
     assert pareto_frontier(recall, qps).tolist() == [0, 1, 4]
+
+
+def test_pair_scores_hand_computed():
+    # found: {0, 1, 2} and {4, 5}: 3 + 1 = 4 pairs; true: {0, 1} and {3, 4}: 2 pairs.
+    # right: (0, 1) only -> precision 1/4, recall 1/2, F1 = 2 * 1/8 / (3/4) = 1/3.
+    s = pair_scores([0, 0, 0, -1, 7, 7], [5, 5, -1, 9, 9, -2])
+    assert (s["pairs_found"], s["pairs_true"], s["pairs_right"]) == (4, 2, 1)
+    assert s["precision"] == pytest.approx(1 / 4) and s["recall"] == pytest.approx(1 / 2)
+    assert s["f1"] == pytest.approx(1 / 3)
+    # the labels' values do not matter, only who is with whom
+    assert pair_scores([3, 3, 3, -1, 0, 0], [1, 1, -5, 2, 2, -7]) == s
+
+
+def test_pair_scores_edges():
+    perfect = pair_scores([1, 1, 2, 2, -1], [0, 0, 3, 3, -1])
+    assert perfect["precision"] == perfect["recall"] == perfect["f1"] == 1.0
+    none_found = pair_scores([-1, -1, -1], [0, 0, -1])
+    assert (none_found["precision"], none_found["recall"], none_found["f1"]) == (1.0, 0.0, 0.0)
+    all_wrong = pair_scores([0, 1, 0, 1], [0, 0, 1, 1])
+    assert (all_wrong["precision"], all_wrong["recall"], all_wrong["f1"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="3 found labels for 2 true ones"):
+        pair_scores([0, 0, 1], [0, 0])

@@ -332,3 +332,34 @@ def test_image_level_index(tmp_path, app_artifacts, sample_bson):
     up = rel.search_upload(a.images.pictures(multi)[i], 3)
     assert (up[0].product_id, up[0].image_index) == (multi.product_id, i)
     a.close()
+
+
+def test_related_shows_one_product_per_near_duplicate_cluster(app_artifacts, tmp_path):
+    """Clusters built at a low threshold (many lookalikes in the sample): collapsed lists
+    hold one product a cluster, never one of the query's own; collapse=False shows all."""
+    work = tmp_path / "artifacts"
+    shutil.copytree(app_artifacts, work, symlinks=True)
+    art = load_artifacts(work)
+    try:
+        rel = Related(art)
+        m = rel.method("faiss")
+        assert rel.clusters(m) is None  # none built: nothing to collapse
+        Workspace(work).near_duplicates(m.store, threshold=0.9)
+        rel = Related(art)
+        nd = rel.clusters(m)
+        assert nd is not None and nd.counts["product_clusters"] > 0
+        checked = 0
+        for pid in np.unique(nd.product_ids)[:20].tolist():
+            full = rel.related(pid, k=10, method="faiss", collapse=False)
+            short = rel.related(pid, k=10, method="faiss")
+            ids = [h.product_id for h in short]
+            cl = nd.product_cluster_of(ids)
+            assert len(set(cl[cl >= 0].tolist())) == int((cl >= 0).sum())  # one a cluster
+            assert nd.product_cluster_of([pid])[0] not in set(cl.tolist())
+            # the collapsed list is the full one without the copies, in the same order
+            kept = [h.product_id for h in full if h.product_id in set(ids)]
+            assert kept == ids[:len(kept)]
+            checked += len(full) > len(kept)
+        assert checked > 0  # some list really lost a near duplicate
+    finally:
+        art.close()

@@ -11,6 +11,9 @@ Retrieval quality of result lists (``06_compare``), all per query so they can be
     category_precision(ids, scores, query_ids, item_ids, item_categories, k=10)
     same_product_retrieval(ids, scores, query_ids, item_ids, level="image")
 
+Near-duplicate detection, as pairs of items put together (clusters) against the true ones:
+``pair_scores(found_clusters, true_groups)`` (precision, recall, F1).
+
 Ties: results with equal scores have no true order, so every metric here is the *expected*
 value over the orders of tied results (a tie straddling the cut-off counts in proportion).
 Ties are seen within the rows passed: pass a few more than k results to see ties across
@@ -392,6 +395,31 @@ def pareto_frontier(recall: Any, qps: Any) -> np.ndarray:
             keep.append(i)
             best = r[i]
     return np.array(sorted(keep, key=lambda i: r[i]), dtype=np.int64)
+
+
+def pair_scores(found: Any, truth: Any) -> dict[str, float]:
+    """Precision, recall and F1 of the pairs of items that ``found`` puts together, against
+    the pairs ``truth`` puts together (the pair-counting F-measure of a clustering).
+
+    found, truth: a cluster label per item; items with the same label are together, and a
+    negative label means alone. Precision with no pair found is 1 (nothing claimed wrongly),
+    recall with no true pair is 1; F1 is 0 when both precision and recall are.
+    """
+    f, t = np.asarray(found, np.int64).ravel(), np.asarray(truth, np.int64).ravel()
+    if f.shape != t.shape:
+        raise ValueError(f"{len(f)} found labels for {len(t)} true ones")
+
+    def pairs(*labels: np.ndarray) -> int:
+        together = np.all([x >= 0 for x in labels], axis=0)
+        _, n = np.unique(np.stack([x[together] for x in labels]), axis=1, return_counts=True)
+        return int((n * (n - 1) // 2).sum())
+
+    both, n_found, n_true = pairs(f, t), pairs(f), pairs(t)
+    precision = both / n_found if n_found else 1.0
+    recall = both / n_true if n_true else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "pairs_found": n_found,
+            "pairs_true": n_true, "pairs_right": both}
 
 
 def _check_k(k: int) -> None:

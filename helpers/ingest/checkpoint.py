@@ -35,7 +35,7 @@ from helpers.ingest.bson_store import MAX_DOC
 from helpers.ingest.categories import load_categories
 from helpers.ingest.errors import CatalogueError
 from helpers.ingest.jpeg import MAX_SIDE
-from helpers.ingest.products import REJECT_COLUMNS, SCHEMA, Part, check_product
+from helpers.ingest.products import PART_SCHEMA, REJECT_COLUMNS, Part, check_product
 from helpers.ingest.schema import FORMAT_VERSION
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _advance(state: dict, part: Part, done_to: int, docs: int, t0: float) -> Non
 def _flush(work: Path, index: int, part: Part) -> None:
     """Write one part's files, durably: the checkpoint written next counts them, so they
     must outlive a power loss that the checkpoint outlives (atomic_write fsyncs)."""
-    table = pa.table(part.cols, schema=SCHEMA)
+    table = pa.table(part.cols, schema=PART_SCHEMA)
     artifacts.atomic_write(work / f"part-{index:05d}.parquet",
                            lambda t: pq.write_table(table, t))
     rej = pd.DataFrame(part.rejects, columns=REJECT_COLUMNS)
@@ -170,7 +170,9 @@ def read_parts(work: Path, states: list[dict]) -> tuple[pa.Table, pd.DataFrame]:
     """The products and the rejects of every range's part files, in file order."""
     files = [(Path(work / f"range-{r:02d}"), i)
              for r, st in enumerate(states) for i in range(st["parts"])]
-    table = pa.concat_tables(pq.read_table(d / f"part-{i:05d}.parquet") for d, i in files)
+    # "default": part files written before picture hashes existed get null ones.
+    table = pa.concat_tables((pq.read_table(d / f"part-{i:05d}.parquet") for d, i in files),
+                             promote_options="default")
     rej = pd.concat([pd.read_parquet(d / f"rejects-{i:05d}.parquet") for d, i in files],
                     ignore_index=True)
     return table, rej

@@ -7,7 +7,10 @@ One streaming pass writes, under ``out_dir``:
   indexes of those left out -- byte offset and length of the document);
 - ``rejects.csv``: every document, product or image left out, with its offset,
   product id, reason code and detail;
-- ``catalogue.json``: what made it (source file, parameters) and the counts.
+- ``catalogue.json``: what made it (source file, parameters) and the counts, the exact
+  duplicate pictures' among them (``summary.duplicates``);
+- ``duplicates.parquet``: the groups of pictures with the same bytes in more than one
+  product (`helpers.ingest.duplicates`, from the hashes the scan takes of every picture).
 
 The pass checkpoints every ``checkpoint_every`` documents to ``out_dir/_work``;
 a killed run called again resumes there and ends with the same catalogue.
@@ -18,9 +21,10 @@ category names), its parameters and summary, and the readers
 of what it wrote (`load_catalogue`, `load_meta`, `load_rejects`). It is built from
 `helpers.ingest.products` (per-document checks, reject reasons), `helpers.ingest.checkpoint`
 (plan, ranges scanned resumably into part files), `helpers.ingest.categories`,
-`helpers.ingest.export` (JPEGs) and `helpers.ingest.errors`; the public names of all but
+`helpers.ingest.export` (JPEGs), `helpers.ingest.duplicates` (exact duplicate pictures) and
+`helpers.ingest.errors`; the public names of all but
 checkpoint are re-exported here (``__all__``).
-Imports pandas, `helpers.core.artifacts`, those rooms and bson_store, jpeg, schema;
+Imports pandas, pyarrow, `helpers.core.artifacts`, those rooms and bson_store, jpeg, schema;
 nothing in helpers.ingest imports it.
 """
 
@@ -37,11 +41,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from helpers.core import artifacts
 from helpers.ingest.bson_store import MAX_DOC, check_is_bson
 from helpers.ingest.categories import LEVELS, categories_of, category_counts, load_categories
 from helpers.ingest.checkpoint import RangeScanner, plan_run, read_parts, scan_range
+from helpers.ingest.duplicates import DuplicateCounts, exact_duplicates
 from helpers.ingest.errors import CatalogueError, NoProductsError
 from helpers.ingest.export import export_jpegs, iter_images
 from helpers.ingest.jpeg import MAX_SIDE
@@ -49,16 +55,18 @@ from helpers.ingest.products import MAX_IMAGES, REJECT_COLUMNS, SCHEMA
 from helpers.ingest.schema import FORMAT_VERSION, catalogue_fingerprint, usable_counts
 
 __all__ = [
-    "CATALOGUE", "FORMAT_VERSION", "LEVELS", "MAX_IMAGES", "META", "REBUILD", "REJECTS",
-    "REJECT_COLUMNS", "SCHEMA", "WORK", "CatalogueError", "CatalogueSummary",
-    "NoProductsError", "build_catalogue", "catalogue_params", "catalogue_settings",
-    "categories_of", "category_counts", "check_format", "export_jpegs", "iter_images",
-    "load_catalogue", "load_categories", "load_meta", "load_rejects", "require_products",
+    "CATALOGUE", "DUPLICATES", "FORMAT_VERSION", "LEVELS", "MAX_IMAGES", "META", "REBUILD",
+    "REJECTS", "REJECT_COLUMNS", "SCHEMA", "WORK", "CatalogueError", "CatalogueSummary",
+    "DuplicateCounts", "NoProductsError", "build_catalogue", "catalogue_params",
+    "catalogue_settings", "categories_of", "category_counts", "check_format", "export_jpegs",
+    "iter_images", "load_catalogue", "load_categories", "load_duplicates", "load_meta",
+    "load_rejects", "require_products",
 ]
 
 CATALOGUE = "catalogue.parquet"
 REJECTS = "rejects.csv"
 META = "catalogue.json"
+DUPLICATES = "duplicates.parquet"
 WORK = "_work"
 # What rebuilds a catalogue (named when an old one is refused).
 REBUILD = ("build_catalogue(...) again (it rebuilds an older format), or for a run's "
@@ -94,6 +102,7 @@ class CatalogueSummary:
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     bytes_read: int = 0
+    duplicates: dict[str, int] | None = None  # DuplicateCounts; None: counted before them
 
     def __str__(self) -> str:
         lines = [
@@ -107,6 +116,8 @@ class CatalogueSummary:
         if self.rejects_by_reason:
             why = ", ".join(f"{k} {v}" for k, v in sorted(self.rejects_by_reason.items()))
             lines.append(f"rejects by reason: {why}")
+        if self.duplicates is not None:
+            lines.append(str(DuplicateCounts(**self.duplicates)))
         if self.seconds:
             mb = self.bytes_read / 1e6
             lines.append(
@@ -208,8 +219,10 @@ def build_catalogue(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not force and (out_dir / META).exists():
         meta = load_meta(out_dir)
+        # An older format is rebuilt, and so is one made before duplicates were counted.
         if meta["source"] == source and meta["params"] == params and \
-                meta.get("format_version") == FORMAT_VERSION:  # an older format is rebuilt
+                meta.get("format_version") == FORMAT_VERSION and \
+                meta["summary"].get("duplicates") is not None:
             return CatalogueSummary(**meta["summary"])
     t0 = time.perf_counter()
     work = out_dir / WORK
@@ -249,7 +262,12 @@ def _finalize(out_dir: Path, plan: dict, states: list[dict],
               cats: pd.DataFrame | None) -> CatalogueSummary:
     """Join the parts in file order: drop duplicate ids (first wins), join names, write."""
     table, rej = read_parts(out_dir / WORK, states)
-    df = table.to_pandas()
+    # The hashes become the duplicates file, not a catalogue column (part files of a run
+    # interrupted before hashes existed have none: null lists).
+    hashes = table.column("picture_hashes") if "picture_hashes" in table.column_names \
+        else pa.nulls(table.num_rows, pa.list_(pa.uint64()))
+    df = table.drop_columns(["picture_hashes"]).to_pandas() \
+        if "picture_hashes" in table.column_names else table.to_pandas()
     df["category_id"] = df["category_id"].astype("Int64")
     dup = df["product_id"].duplicated(keep="first")
     if dup.any():
@@ -261,6 +279,8 @@ def _finalize(out_dir: Path, plan: dict, states: list[dict],
             "detail": [f"_id already at offset {first[p]}" for p in d["product_id"]],
         })], ignore_index=True)
         df = df[~dup]
+        hashes = hashes.filter(pa.array(~dup.to_numpy()))
+    groups, counts = exact_duplicates(df["product_id"], df["category_id"], hashes)
     if cats is not None:
         df = df.merge(cats, on="category_id", how="left", validate="many_to_one")
     else:
@@ -283,11 +303,13 @@ def _finalize(out_dir: Path, plan: dict, states: list[dict],
         rejects_by_reason={k: int(v) for k, v in rej["reason"].value_counts().items()},
         seconds=plan["seconds"],
         bytes_read=sum(st["next_offset"] - st["start"] for st in states),
+        duplicates=counts.as_dict(),
     )
     if summary.documents != summary.products_kept + summary.products_rejected:
         raise AssertionError(f"lost products: {summary}")  # an invariant, never expected
     artifacts.atomic_write(out_dir / CATALOGUE, lambda t: df.to_parquet(t, index=False))
     artifacts.atomic_write(out_dir / REJECTS, lambda t: rej.to_csv(t, index=False))
+    artifacts.atomic_write(out_dir / DUPLICATES, lambda t: groups.to_parquet(t, index=False))
     manifest = artifacts.make_manifest(
         "catalogue", {"source": plan["source"], "params": plan["params"]})
     manifest["fingerprint"] = catalogue_fingerprint(df)  # what vector stores name as input
@@ -321,6 +343,16 @@ def check_format(out_dir: str | os.PathLike) -> None:
             f"{out_dir} holds a catalogue of format {version}; this version reads format "
             f"{FORMAT_VERSION} (n_images now counts every picture, bad ones included). "
             f"Rebuild it: {REBUILD}")
+
+
+def load_duplicates(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """The exact duplicate groups of a finished catalogue (`helpers.ingest.duplicates`);
+    CatalogueError naming the rebuild for one built before they were found."""
+    path = Path(out_dir) / DUPLICATES
+    if not path.exists():
+        raise CatalogueError(f"{out_dir} has no {DUPLICATES} (built before exact duplicates "
+                             f"were found). Rebuild it: {REBUILD}")
+    return pd.read_parquet(path)
 
 
 def load_meta(out_dir: str | os.PathLike) -> dict:

@@ -10,18 +10,22 @@ viewed, and by an uploaded photo.
 
 Every search goes through one path (`search_vector`): the method's index, a category
 filter, products to leave out, and, for image-level indexes, one hit per product (its
-best picture); hits are `helpers.index.hits.Hit`. Recommendations from several products
-(positive and "not this" examples) run `helpers.index.recommend`'s strategies over that
-same path. An uploaded photo is checked and decoded
-by `helpers.serve.inputs.decode_upload` (as the catalogue pictures were: EXIF orientation,
-alpha on white, draft/reduce) and embedded by the model its method's vectors were made with
-(`helpers.models.extractor_for`, from the store's ``made_by``). Input errors are
-`RelatedError` subclasses (ValueError), so an app turns them into a 400 (or a 404 for an
+best picture), and, unless ``collapse=False``, one product per near-duplicate cluster (the
+clusters of the method's vector store, found through the workspace:
+`Workspace.near_duplicates`; none built: nothing collapsed); hits are
+`helpers.index.hits.Hit`. Recommendations from several products (positive and "not this"
+examples) run `helpers.index.recommend`'s strategies over that same path. An uploaded photo
+is checked and decoded by `helpers.serve.inputs.decode_upload` (as the catalogue pictures
+were: EXIF orientation, alpha on white, draft/reduce) and embedded by the model its
+method's vectors were made with (`helpers.models.extractor_for`, from the store's
+``made_by``). Input errors are `RelatedError` subclasses (ValueError), so an app turns
+them into a 400 (or a 404 for an
 unknown product) with their message.
 
 Imports numpy, the catalogue protocol, `helpers.core.ids`, the index layer (`Hit`,
 `LocalIndex`), `helpers.ingest.jpeg.to_float`, `helpers.serve.loader` (Artifacts, Method),
-`helpers.serve.inputs`, and `helpers.models` on the first photo search only.
+`helpers.serve.inputs`, `helpers.workspace` (near-duplicate clusters), and `helpers.models`
+on the first photo search only.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from helpers.index.recommend import recommend as recommend_hits
 from helpers.ingest.jpeg import to_float
 from helpers.serve.inputs import RelatedError, decode_upload, parse_k
 from helpers.serve.loader import Artifacts, Method
+from helpers.workspace import Workspace
 
 PRODUCT_CACHE = 100_000  # Product objects kept by a Related (about 40 MB at most)
 MERGES = ("mean", "merge")  # related_to_recent's older names: "merge" is now "best"
@@ -72,6 +77,7 @@ class Related:
         # per index: (category ids, items of each), sorted by id
         self._cats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._products: dict[int, Any] = {}  # product id -> Product (immutable once loaded)
+        self._clusters: dict[int, Any] = {}  # per store: its NearDuplicates, or None
 
     # -- products (cached: a page shows the same products again and again) --
 
@@ -164,17 +170,36 @@ class Related:
         i = int(np.searchsorted(ids, int(category)))
         return int(counts[i]) if i < len(ids) and ids[i] == int(category) else 0
 
+    def clusters(self, method: Method) -> Any:
+        """The near-duplicate clusters of the method's vectors (NearDuplicates), or None
+        when none were built for them (read once per store; serving builds nothing)."""
+        store = method.store
+        if store is None:
+            return None
+        key = id(store)
+        if key not in self._clusters:
+            self._clusters[key] = Workspace(self.art.work_dir).near_duplicates(
+                store, threshold=None, build=False)
+        return self._clusters[key]
+
     # -- searches --
 
     def search_vector(self, vector: np.ndarray, k: int = 10, method: str | None = None,
-                      category: int | None = None, exclude: Iterable[int] = ()) -> list[Hit]:
-        """The k products nearest a query vector, best first, ``exclude`` left out."""
+                      category: int | None = None, exclude: Iterable[int] = (),
+                      collapse: bool = True) -> list[Hit]:
+        """The k products nearest a query vector, best first, ``exclude`` left out.
+
+        collapse: one product per near-duplicate cluster (the best-scored), the clusters of
+        the excluded products left out too (the same product again); False shows all."""
         return self._search(self.method(method), vector, parse_k(k), category,
-                            {int(x) for x in exclude})
+                            {int(x) for x in exclude}, collapse)
 
     def _search(self, m: Method, vector: np.ndarray, k: int, category: int | None,
-                skip: set[int]) -> list[Hit]:
+                skip: set[int], collapse: bool = True) -> list[Hit]:
+        clusters = self.clusters(m) if collapse else None
         per_product = 4 if m.level == "image" else 1  # Cdiscount: up to 4 pictures each
+        if clusters is not None:
+            per_product *= 2  # room for the copies passed over
         available = self._category_count(m, category)
         want = min((k + len(skip)) * per_product, available)
         if want <= 0:
@@ -183,22 +208,36 @@ class Related:
         res = m.index.search(q, want, category=category)
         hits: list[Hit] = []
         seen: set[int] = set()
-        for h in to_hits(res, level=m.level):  # padding dropped
+        found = [h for h in to_hits(res, level=m.level) if np.isfinite(h.score)]  # no padding
+        cluster = dict.fromkeys((h.product_id for h in found), -1)
+        shown: set[int] = set()
+        if clusters is not None and found:
+            pids = np.fromiter(cluster, np.int64)
+            cluster = dict(zip(pids.tolist(), clusters.product_cluster_of(pids).tolist(),
+                               strict=True))
+            shown = {c for c in clusters.product_cluster_of(list(skip)).tolist() if c >= 0}
+        for h in found:
             pid = h.product_id
-            if pid in skip or pid in seen or not np.isfinite(h.score):
+            if pid in skip or pid in seen:
                 continue  # left out, or a second picture of a product
             seen.add(pid)
+            if cluster[pid] >= 0:
+                if cluster[pid] in shown:
+                    continue  # a near duplicate of a product shown (or left out)
+                shown.add(cluster[pid])
             hits.append(h)
             if len(hits) == k:
                 break
         return hits
 
     def related(self, product_id: int, k: int = 10, method: str | None = None,
-                category: int | None = None) -> list[Hit]:
-        """Products that look like this one (itself left out)."""
+                category: int | None = None, collapse: bool = True) -> list[Hit]:
+        """Products that look like this one (itself, and its near duplicates unless
+        ``collapse=False``, left out)."""
         m = self.method(method)
         v = self.product_vector(product_id, m)
-        return self.search_vector(v, k, m.name, category, exclude=[product_id])
+        return self.search_vector(v, k, m.name, category, exclude=[product_id],
+                                  collapse=collapse)
 
     def related_to_recent(self, product_ids: Sequence[int], k: int = 10,
                           method: str | None = None, how: str = "mean",
