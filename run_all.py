@@ -42,6 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # the same way, so they are reported as skipped with its message.
 NO_DATA_ERRORS = {"NoProductsError"}
 ES_NOTEBOOKS = {"05", "06"}  # the notebooks that search with Elasticsearch
+PROGRESS_EVERY = 15.0  # seconds between two progress lines of a running notebook
 NEEDS_ES = {"05"}  # ...and the one that is only about it (06 compares the others without)
 
 
@@ -78,8 +79,9 @@ class Progress:
     every ``every`` seconds. A first-time user never waits a silent
     minute; a log gets one line per ``every`` seconds, not every bar refresh."""
 
-    def __init__(self, name: str, every: float = 15.0) -> None:
-        self.name, self.every = name, every
+    def __init__(self, name: str, every: float | None = None) -> None:
+        self.name = name
+        self.every = PROGRESS_EVERY if every is None else every
         self.last = time.monotonic()
 
     def write(self, text: str) -> int:  # the kernel's stderr (papermill's stderr_file)
@@ -142,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     print(f"run '{name}': {bson_path.name} -> {run_dir}")
     started = time.perf_counter()  # the total printed at the end: node start included
+    # The kernels inherit these: text bars (helpers.core.progress) that Progress can relay
+    # and a saved notebook keeps, updated every 5 s (tqdm reads TQDM_* defaults).
+    os.environ.setdefault("VPS_TEXT_PROGRESS", "1")
+    os.environ.setdefault("TQDM_MININTERVAL", "5")
     no_data = ""
     node = local_elasticsearch(books, extra, args.no_es)
     with tempfile.TemporaryDirectory(prefix="vps-kernels-") as sockets, node_stopped(node):
@@ -167,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
                     pm.execute_notebook(str(nb), str(out), parameters=params,
                                         cwd=str(ROOT), kernel_name=args.kernel,
                                         progress_bar={"desc": f"    {nb.stem}", "file": sys.stdout,
-                                                      "mininterval": 15, "leave": False},
+                                                      "mininterval": PROGRESS_EVERY,
+                                                      "leave": False},
                                         stderr_file=Progress(nb.stem),
                                         request_save_on_cell_execute=False,
                                         kernel_manager_class=IpcKernelManager)

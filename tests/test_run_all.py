@@ -112,6 +112,26 @@ def test_missing_data_is_one_clear_error(tmp_path):
         run_all.main(["--bson", str(tmp_path / "nope.bson"), "--out", str(tmp_path)])
 
 
+def test_a_long_cell_says_where_it_is(tmp_path, monkeypatch, capsys):
+    """A headless run relays the kernels' progress bars (helpers.core.progress: text, not
+    a widget, under run_all), so a long cell is never a silent minute; the saved notebook
+    keeps the bar's last state."""
+    monkeypatch.setattr(run_all, "PROGRESS_EVERY", 0.5)
+    monkeypatch.delenv("VPS_TEXT_PROGRESS", raising=False)
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "01_slow.ipynb",
+              "import time\nfrom helpers.core.progress import tqdm\n"
+              "for _ in tqdm(range(6), desc='embed images', mininterval=0):\n"
+              "    time.sleep(0.4)", params="work_dir = None")
+    monkeypatch.setattr(run_all, "NOTEBOOKS", books)
+    assert run_all.main(["--out", str(tmp_path / "runs"), "--name", "t"]) == 0
+    out = capsys.readouterr().out
+    assert "01_slow: embed images:" in out and "/6" in out
+    text, _ = _outputs(tmp_path / "runs" / "t" / "01_slow.ipynb")
+    assert "embed images: 100%" in text
+
+
 def test_kernels_draw_inline_even_if_the_caller_set_agg(tmp_path, monkeypatch):
     """A library in the calling process (Streamlit, on import) may set MPLBACKEND=Agg:
     the notebooks' figures must still come out."""

@@ -23,10 +23,10 @@ import orjson
 from elasticsearch import ApiError, TransportError
 from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch.helpers import streaming_bulk
-from tqdm.auto import tqdm
 
 from helpers.core import ids as item_ids
 from helpers.core.ids import describe
+from helpers.core.progress import tqdm
 from helpers.index.elasticsearch_node import (
     EXACT,
     VECTOR,

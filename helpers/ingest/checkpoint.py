@@ -27,9 +27,9 @@ from typing import Protocol
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from helpers.core import artifacts
+from helpers.core.progress import tqdm
 from helpers.ingest import bson_store
 from helpers.ingest.bson_store import MAX_DOC
 from helpers.ingest.categories import load_categories

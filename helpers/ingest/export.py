@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from helpers.core.progress import tqdm
 from helpers.ingest.image_store import BsonImageStore
 from helpers.ingest.schema import usable_counts
 

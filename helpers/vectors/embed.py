@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from helpers.catalogue.image_source import BsonImageSource, ImageSource
 from helpers.catalogue.protocol import (
@@ -40,6 +39,7 @@ from helpers.catalogue.protocol import (
 )
 from helpers.core import artifacts
 from helpers.core.ids import LEVELS
+from helpers.core.progress import tqdm
 from helpers.ingest.jpeg import ImageError, decode_image, to_float
 from helpers.ingest.schema import usable_counts
 
