@@ -343,9 +343,11 @@ def test_newer_store_of_another_model_does_not_hide_the_indexed_one(lite2_artifa
     shutil.copytree(app_artifacts, root, symlinks=True)
     fingerprint = next(json.loads(p.read_text())["made_by"]["catalogue_sha256"]
                        for p in root.rglob("meta.json") if "made_by" in p.read_text())
+    # The product-level store (a run keeps the image-level one it was derived from too).
     lite2 = next(p.parent for p in lite2_artifacts.rglob("meta.json")
                  if str(json.loads(p.read_text()).get("made_by", {}).get("model", ""))
-                 .startswith("efficientnet"))
+                 .startswith("efficientnet")
+                 and json.loads(p.read_text())["made_by"].get("level") == "product")
     shutil.copytree(lite2, root / "vectors" / "lite2-copy")
     # Claimed for this catalogue (only which store is chosen is tested), written last:
     # the newest store of the run.
